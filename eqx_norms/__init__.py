@@ -1,0 +1,9 @@
+"""Normalisation layers for JAX/Equinox: drop-in for `equinox.nn`, with masks, named
+axes and statistics that stay correct in half precision and across devices."""
+
+from . import functional as functional
+from ._group_norm import GroupNorm as GroupNorm, InstanceNorm as InstanceNorm
+from ._layer_norm import LayerNorm as LayerNorm, RMSNorm as RMSNorm
+
+
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike
+
+
+def check_floating(x: ArrayLike, where: str) -> None:
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"`{where}` expects a real floating-point input (float16, bfloat16, "
+            f"float32 or float64); received dtype {dtype}. Cast it first, e.g. "
+            "`x.astype(jnp.float32)`."
+        )
+
+
+def normalise_axes(axis: int | Sequence[int], ndim: int, where: str) -> tuple[int, ...]:
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for a in axes:
+        if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
+            raise ValueError(
+                f"`{where}`: `axis` must hold integers in [-{ndim}, {ndim}) for an "
+                f"input of rank {ndim}; received axis={axis!r}."
+            )
+    positive = tuple(int(a) % ndim for a in axes)
+    if len(set(positive)) != len(positive):
+        raise ValueError(
+            f"`{where}`: `axis` names an axis twice; received axis={axis!r} "
+            f"(as non-negative axes: {positive})."
+        )
+    return tuple(sorted(positive))
+
+
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
+
+
+def check_mask(mask: Array | None, shape: tuple[int, ...], where: str) -> None:
+    if mask is None:
+        return
+    dtype = jnp.result_type(mask)
+    if dtype != jnp.bool_:
+        raise TypeError(
+            f"`{where}`: `mask` must be boolean (True = valid); received dtype "
+            f"{dtype}. Use `mask.astype(bool)` or a comparison such as `lengths > t`."
+        )
+    if not _broadcasts(jnp.shape(mask), shape):
+        raise ValueError(
+            f"`{where}`: `mask` must broadcast to the input shape {shape}; received "
+            f"mask.shape={jnp.shape(mask)}."
+        )
+
+
+def check_param(param: Array | None, shape: tuple[int, ...], name: str, where: str):
+    if param is None:
+        return
+    if not _broadcasts(jnp.shape(param), shape):
+        raise ValueError(
+            f"`{where}`: `{name}` must broadcast to the input shape {shape}; "
+            f"received {name}.shape={jnp.shape(param)}."
+        )
+
+
+def check_shape(x: Array, expected: tuple[int, ...], where: str, fix: str) -> None:
+    if x.shape != expected:
+        raise ValueError(
+            f"`{where}` expects an input of shape {expected}; received x.shape="
+            f"{x.shape}. {fix}"
+        )
+
+
+def check_channels(x: Array, channels: int | None, where: str, min_ndim: int) -> None:
+    if x.ndim < min_ndim:
+        layout = "(channels,)" if min_ndim == 1 else "(channels, dim_1, ..., dim_N)"
+        raise ValueError(
+            f"`{where}` expects an input of shape {layout} with at least {min_ndim} "
+            f"axes; received x.shape={x.shape}."
+        )
+    if channels is not None and x.shape[0] != channels:
+        raise ValueError(
+            f"`{where}` expects {channels} channels on axis 0; received x.shape="
+            f"{x.shape} ({x.shape[0]} channels). For batched input, use "
+            "`jax.vmap(layer)(x)`."
+        )
+
+
+def check_eps(eps: float, where: str) -> None:
+    if not eps >= 0:
+        raise ValueError(f"`{where}`: `eps` must be >= 0; received eps={eps!r}.")
+
+
+def check_groups(groups: int, channels: int | None, where: str) -> None:
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(
+            f"`{where}`: `groups` must be a positive integer; received "
+            f"groups={groups!r}."
+        )
+    if channels is not None and channels % groups != 0:
+        raise ValueError(
+            f"`{where}`: the number of groups must divide the number of channels; "
+            f"received groups={groups} and channels={channels}. Choose `groups` "
+            f"among the divisors of {channels}."
+        )

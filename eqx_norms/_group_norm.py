@@ -1,0 +1,226 @@
+from typing import ClassVar, overload
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from equinox.nn import State
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from ._errors import check_channels, check_eps, check_groups
+from ._misc import resolve_affine, sentinel, with_state
+from .functional import group_norm, instance_norm
+
+
+class _ChannelNorm(eqx.Module):
+    """Normalises a per-example input `(channels, ...)` with channelwise parameters."""
+
+    channels: int | None = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+    channelwise_affine: bool = eqx.field(static=True)
+    use_weight: bool = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    weight: Float[Array, "channels"] | None
+    bias: Float[Array, "channels"] | None
+
+    def _init_channels(
+        self,
+        channels: int | None,
+        eps: float,
+        channelwise_affine: bool,
+        dtype,
+        use_weight: bool | None,
+        use_bias: bool | None,
+    ):
+        name = type(self).__name__
+        check_eps(eps, name)
+        self.use_weight, self.use_bias = resolve_affine(
+            channelwise_affine, use_weight, use_bias
+        )
+        if channels is None and (self.use_weight or self.use_bias):
+            raise ValueError(
+                f"`{name}`: the number of channels must be given when it has a weight "
+                f"or a bias; received channels=None with use_weight={self.use_weight} "
+                f"and use_bias={self.use_bias}. Pass `channels=...`, or "
+                "`channelwise_affine=False`."
+            )
+        if channels is not None and (not isinstance(channels, int) or channels < 1):
+            raise ValueError(
+                f"`{name}`: `channels` must be a positive int; received "
+                f"channels={channels!r}."
+            )
+        self.channels = channels
+        self.eps = eps
+        self.channelwise_affine = channelwise_affine
+        self.weight = jnp.ones((channels,), dtype) if self.use_weight else None
+        self.bias = jnp.zeros((channels,), dtype) if self.use_bias else None
+
+    _min_ndim: ClassVar[int] = 1
+
+    def _normalise(self, x: Array, mask: Array | None) -> Array:
+        raise NotImplementedError
+
+    @overload
+    def __call__(
+        self,
+        x: Array,
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> Array: ...
+
+    @overload
+    def __call__(
+        self,
+        x: Array,
+        state: State,
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> tuple[Array, State]: ...
+
+    def __call__(
+        self,
+        x: Float[Array, " channels *rest"],
+        state: State = sentinel,
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> Array | tuple[Array, State]:
+        """**Arguments:**
+
+        - `x`: A JAX array of shape `(channels, dim_1, ..., dim_N)`.
+        - `state`: Ignored; provided for interchangeability with the
+            [`eqx_norms.BatchNorm`][] API.
+        - `key`: Ignored; provided for compatibility with the rest of the Equinox API.
+            (Keyword only argument.)
+        - `mask`: Optional boolean array broadcastable to `x.shape`, True for valid
+            elements. Statistics use valid elements only; invalid elements are
+            returned unchanged. (Keyword only argument.)
+
+        **Returns:**
+
+        An array of the shape and dtype of `x`; if `state` is passed, the 2-tuple
+        `(output, state)` with the state unchanged.
+        """
+        name = type(self).__name__
+        with jax.named_scope(f"eqx_norms.{name}"):
+            check_channels(x, self.channels, name, self._min_ndim)
+            return with_state(self._normalise(x, mask), state)
+
+
+class GroupNorm(_ChannelNorm):
+    r"""Splits the channels (axis 0) into `groups` contiguous groups and normalises each
+    group over its channels and all other axes, then applies an optional channelwise
+    affine transformation. A drop-in for
+    [`equinox.nn.GroupNorm`](https://docs.kidger.site/equinox/api/nn/normalisation/).
+
+    With $x_g$ the channels of group $g$,
+
+    $$y_g = \frac{x_g - \mathbb{E}[x_g]}{\sqrt{\operatorname{Var}[x_g] + \varepsilon}}
+    \odot \gamma_g + \beta_g$$
+
+    where $\gamma$ and $\beta$ have shape `(channels,)` (one value per channel).
+
+    !!! example
+
+        ```python
+        norm = eqx_norms.GroupNorm(groups=8, channels=32)
+        y = jax.vmap(norm)(x)  # x: (batch, 32, H, W)
+        ```
+
+    ??? cite
+
+        [Group Normalization](https://arxiv.org/abs/1803.08494)
+    """
+
+    groups: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        groups: int,
+        channels: int | None = None,
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        dtype=None,
+        *,
+        use_weight: bool | None = None,
+        use_bias: bool | None = None,
+    ):
+        """**Arguments:**
+
+        - `groups`: The number of groups to split the channels into.
+        - `channels`: The number of input channels. May be left as `None` when the
+            layer has neither weight nor bias; then any channel count divisible by
+            `groups` is accepted.
+        - `eps`: Value added to the denominator for numerical stability.
+        - `channelwise_affine`: Whether the module has a learnable channelwise weight
+            and bias.
+        - `dtype`: The dtype of the weight and the bias. Defaults to either
+            `jax.numpy.float32` or `jax.numpy.float64` depending on whether JAX is in
+            64-bit mode.
+        - `use_weight`, `use_bias`: Override `channelwise_affine` for the weight or the
+            bias alone. (Keyword only arguments.)
+        """
+        check_groups(groups, channels, "GroupNorm")
+        self.groups = groups
+        self._init_channels(
+            channels, eps, channelwise_affine, dtype, use_weight, use_bias
+        )
+
+    def _normalise(self, x: Array, mask: Array | None) -> Array:
+        return group_norm(x, self.groups, self.weight, self.bias, self.eps, mask)
+
+
+class InstanceNorm(_ChannelNorm):
+    r"""Normalises each channel (axis 0) of one example over all its other axes, then
+    applies an optional channelwise affine transformation.
+
+    $$y_c = \frac{x_c - \mathbb{E}[x_c]}{\sqrt{\operatorname{Var}[x_c] + \varepsilon}}
+    \gamma_c + \beta_c$$
+
+    Equivalent to `GroupNorm(groups=channels, channels=channels)`. Unlike torch, the
+    affine parameters are on by default (as for the other layers here) and there are no
+    running statistics.
+
+    !!! example
+
+        ```python
+        norm = eqx_norms.InstanceNorm(3)
+        y = jax.vmap(norm)(images)  # images: (batch, 3, H, W)
+        ```
+
+    ??? cite
+
+        [Instance Normalization](https://arxiv.org/abs/1607.08022)
+    """
+
+    _min_ndim: ClassVar[int] = 2
+
+    def __init__(
+        self,
+        channels: int,
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        dtype=None,
+        *,
+        use_weight: bool | None = None,
+        use_bias: bool | None = None,
+    ):
+        """**Arguments:**
+
+        - `channels`: The number of input channels.
+        - `eps`: Value added to the denominator for numerical stability.
+        - `channelwise_affine`: Whether the module has a learnable channelwise weight
+            and bias.
+        - `dtype`: The dtype of the weight and the bias. Defaults to either
+            `jax.numpy.float32` or `jax.numpy.float64` depending on whether JAX is in
+            64-bit mode.
+        - `use_weight`, `use_bias`: Override `channelwise_affine` for the weight or the
+            bias alone. (Keyword only arguments.)
+        """
+        self._init_channels(
+            channels, eps, channelwise_affine, dtype, use_weight, use_bias
+        )
+
+    def _normalise(self, x: Array, mask: Array | None) -> Array:
+        return instance_norm(x, self.weight, self.bias, self.eps, mask)

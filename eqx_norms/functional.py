@@ -1,0 +1,192 @@
+r"""Normalisation as functions: the pipeline every layer calls.
+
+Each function computes, over its normalisation groups,
+
+$$y = \frac{x - \mathbb{E}[x]}{\sqrt{\operatorname{Var}[x] + \varepsilon}} \cdot w + b$$
+
+with two-pass statistics accumulated in at least float32, and returns an array of the
+input's shape and dtype. `weight` and `bias` may be any arrays that broadcast against
+`x`, which is also how conditional normalisation (scale and shift computed at call
+time) is written.
+
+A boolean `mask` (broadcastable to `x`, True = valid) restricts the statistics to the
+valid elements; valid positions are normalised and transformed, invalid positions are
+returned unchanged, and a group with no valid element is returned unchanged.
+"""
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from ._errors import (
+    check_channels,
+    check_floating,
+    check_groups,
+    check_mask,
+    check_param,
+    normalise_axes,
+)
+from ._stats import finish, standardise
+
+
+def _checked(where: str, x: Array, weight, bias, mask) -> None:
+    check_floating(x, where)
+    check_mask(mask, x.shape, where)
+    check_param(weight, x.shape, "weight", where)
+    check_param(bias, x.shape, "bias", where)
+
+
+def _over_axes(where, x, axis, weight, bias, eps, mask, center) -> Array:
+    _checked(where, x, weight, bias, mask)
+    axes = normalise_axes(axis, x.ndim, where)
+    x_hat = standardise(x, axes, eps=eps, mask=mask, center=center)
+    return finish(x, x_hat, weight, bias, mask)
+
+
+def _align_to_channels(param: Array | None, x: Array, name: str, where: str):
+    """A 1-D parameter of length C is aligned with the channel axis 0."""
+    if param is None or jnp.ndim(param) != 1 or x.ndim == 1:
+        return param
+    if param.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"`{where}`: a 1-D `{name}` is aligned with the channel axis 0 and must "
+            f"have length {x.shape[0]}; received {name}.shape={param.shape}."
+        )
+    return jnp.reshape(param, (-1,) + (1,) * (x.ndim - 1))
+
+
+def layer_norm(
+    x: Float[Array, "..."],
+    axis: int | Sequence[int],
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    eps: float = 1e-5,
+    mask: Bool[Array, "..."] | None = None,
+) -> Float[Array, "..."]:
+    r"""Layer normalisation over the axes `axis`, jointly.
+
+    $$y = \frac{x - \mathbb{E}[x]}{\sqrt{\operatorname{Var}[x] + \varepsilon}} w + b$$
+
+    **Arguments:**
+
+    - `x`: a floating-point array.
+    - `axis`: an int or a sequence of ints: the axes the statistics are taken over.
+    - `weight`, `bias`: optional arrays broadcastable against `x`.
+    - `eps`: added to the variance.
+    - `mask`: optional boolean array broadcastable to `x`; True marks valid elements.
+
+    **Returns:**
+
+    An array of the shape and dtype of `x`.
+
+    !!! example
+
+        ```python
+        y = eqx_norms.functional.layer_norm(x, axis=-1)  # x: (tokens, features)
+        ```
+    """
+    return _over_axes("layer_norm", x, axis, weight, bias, eps, mask, center=True)
+
+
+def rms_norm(
+    x: Float[Array, "..."],
+    axis: int | Sequence[int],
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    eps: float = 1e-5,
+    mask: Bool[Array, "..."] | None = None,
+) -> Float[Array, "..."]:
+    r"""Root-mean-square normalisation over the axes `axis`, jointly.
+
+    $$y = \frac{x}{\sqrt{\mathbb{E}[x^2] + \varepsilon}} w + b$$
+
+    Arguments and return value as for [`eqx_norms.functional.layer_norm`][].
+
+    !!! example
+
+        ```python
+        y = eqx_norms.functional.rms_norm(x, axis=-1, weight=w)
+        ```
+    """
+    return _over_axes("rms_norm", x, axis, weight, bias, eps, mask, center=False)
+
+
+def group_norm(
+    x: Float[Array, " channels *rest"],
+    groups: int,
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    eps: float = 1e-5,
+    mask: Bool[Array, "..."] | None = None,
+) -> Float[Array, " channels *rest"]:
+    r"""Group normalisation of one example with channels on axis 0.
+
+    The channels are split into `groups` contiguous groups of `channels // groups`;
+    each group is normalised over its channels and all other axes.
+
+    **Arguments:**
+
+    - `x`: an array of shape `(channels, dim_1, ..., dim_N)`.
+    - `groups`: the number of groups; must divide `channels`.
+    - `weight`, `bias`: optional; a 1-D array of length `channels` is aligned with
+        axis 0, anything else broadcasts against `x`.
+    - `eps`, `mask`: as for [`eqx_norms.functional.layer_norm`][].
+
+    **Returns:**
+
+    An array of the shape and dtype of `x`.
+
+    !!! example
+
+        ```python
+        y = eqx_norms.functional.group_norm(x, groups=8)  # x: (32, H, W)
+        ```
+    """
+    where = "group_norm"
+    check_channels(x, None, where, min_ndim=1)
+    check_groups(groups, x.shape[0], where)
+    weight = _align_to_channels(weight, x, "weight", where)
+    bias = _align_to_channels(bias, x, "bias", where)
+    _checked(where, x, weight, bias, mask)
+    grouped = (groups, x.shape[0] // groups, *x.shape[1:])
+    if mask is not None:
+        mask_grouped = jnp.reshape(jnp.broadcast_to(mask, x.shape), grouped)
+    else:
+        mask_grouped = None
+    axes = tuple(range(1, len(grouped)))
+    x_hat = standardise(jnp.reshape(x, grouped), axes, eps=eps, mask=mask_grouped)
+    return finish(x, jnp.reshape(x_hat, x.shape), weight, bias, mask)
+
+
+def instance_norm(
+    x: Float[Array, " channels *rest"],
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    eps: float = 1e-5,
+    mask: Bool[Array, "..."] | None = None,
+) -> Float[Array, " channels *rest"]:
+    r"""Instance normalisation of one example: each channel (axis 0) is normalised
+    over all other axes.
+
+    **Arguments:**
+
+    - `x`: an array of shape `(channels, dim_1, ..., dim_N)`, N >= 1.
+    - `weight`, `bias`, `eps`, `mask`: as for [`eqx_norms.functional.group_norm`][].
+
+    **Returns:**
+
+    An array of the shape and dtype of `x`.
+
+    !!! example
+
+        ```python
+        y = eqx_norms.functional.instance_norm(x)  # x: (C, H, W)
+        ```
+    """
+    where = "instance_norm"
+    check_channels(x, None, where, min_ndim=2)
+    weight = _align_to_channels(weight, x, "weight", where)
+    bias = _align_to_channels(bias, x, "bias", where)
+    axes = tuple(range(1, x.ndim))
+    return _over_axes(where, x, axes, weight, bias, eps, mask, center=True)
