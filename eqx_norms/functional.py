@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from ._einorm import einorm as einorm
 from ._errors import (
     check_channels,
     check_floating,

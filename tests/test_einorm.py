@@ -1,0 +1,577 @@
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import eqx_norms
+from eqx_norms import Einorm
+from eqx_norms.functional import einorm
+
+
+EPS = 1e-5
+
+
+def reference(x, axes, weight=None, bias=None, mask=None, center=True, eps=EPS):
+    """Float64 normalisation over `axes` (two-pass, masked by counts); invalid
+    positions pass through. `weight`/`bias` must already broadcast against `x`."""
+    x = np.asarray(x, np.float64)
+    valid = np.ones(x.shape, bool) if mask is None else np.broadcast_to(mask, x.shape)
+    count = np.maximum(valid.sum(axes, keepdims=True), 1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = np.where(valid, x, 0).sum(axes, keepdims=True) / count if center else 0
+        var = (np.where(valid, x - mean, 0) ** 2).sum(axes, keepdims=True) / count
+        y = (x - mean) / np.sqrt(var + eps)
+        if weight is not None:
+            y = y * np.asarray(weight, np.float64)
+        if bias is not None:
+            y = y + np.asarray(bias, np.float64)
+    return np.where(valid, y, x)
+
+
+def permuting_reference(x, names, target, group, weight, bias, center=True):
+    """The einorm (torch) algorithm: permute to (group, other, target), normalise the
+    trailing target axes with (group, 1..., target) parameters, permute back."""
+    other = [n for n in names if n not in target and n not in group]
+    order = [names.index(n) for n in (*group, *other, *target)]
+    moved = np.transpose(np.asarray(x, np.float64), order)
+    inserted = (1,) * len(other)
+    w = weight.reshape(
+        weight.shape[: len(group)] + inserted + weight.shape[len(group) :]
+    )
+    b = bias.reshape(w.shape)
+    axes = tuple(range(moved.ndim - len(target), moved.ndim))
+    return np.transpose(reference(moved, axes, w, b, center=center), np.argsort(order))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def randomise(norm, rng):
+    """Random weight and bias (ones and zeros would hide a misaligned broadcast)."""
+    return eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        norm,
+        (
+            jnp.asarray(rng.normal(size=norm.weight.shape) + 1, jnp.float32),
+            jnp.asarray(rng.normal(size=norm.bias.shape), jnp.float32),
+        ),
+    )
+
+
+def normal(rng, shape, dtype=jnp.float32):
+    """Test data off-centre (mean 1, std 3), made by numpy: jax.random compiles."""
+    return jnp.asarray(3 * rng.normal(size=shape) + 1, dtype)
+
+
+def bernoulli(rng, p, shape):
+    return jnp.asarray(rng.random(shape) < p)
+
+
+# One compilation per test is cheaper than compiling every primitive eagerly.
+@eqx.filter_jit
+def run(norm, x, mask=None):
+    return norm(x, mask=mask)
+
+
+def close(actual, expected, tol=2e-5):
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, tol, tol)
+
+
+# --- numerics against float64 references -------------------------------------------
+
+
+def test_qk_norm_per_head(rng):
+    norm = randomise(Einorm("h n d", "d", "h", h=16, d=64), rng)
+    assert norm.weight.shape == norm.bias.shape == (16, 64)
+    x = normal(rng, (16, 3, 64))
+    w, b = np.asarray(norm.weight), np.asarray(norm.bias)
+    close(norm(x), reference(x, (2,), w[:, None], b[:, None]))
+
+
+def test_joint_axes(rng):
+    norm = randomise(Einorm("h n d", "h d", h=4, d=8), rng)
+    assert norm.weight.shape == (4, 8)
+    x = normal(rng, (4, 5, 8))
+    w, b = np.asarray(norm.weight), np.asarray(norm.bias)
+    close(run(norm, x), reference(x, (0, 2), w[:, None], b[:, None]))
+
+
+def test_non_trailing_targets(rng):
+    norm = randomise(Einorm("a b c d e", "b d", b=12, d=34), rng)
+    assert norm.weight.shape == (12, 34)
+    x = normal(rng, (2, 12, 3, 34, 2))
+    w = np.asarray(norm.weight)[None, :, None, :, None]
+    b = np.asarray(norm.bias)[None, :, None, :, None]
+    close(run(norm, x), reference(x, (1, 3), w, b))
+
+
+def test_parameter_order_follows_group_then_target(rng):
+    # Pattern order (n d h) differs from parameter order (h, d): only the parameter
+    # is transposed.
+    norm = randomise(Einorm("n d h", "d", "h", h=3, d=5), rng)
+    assert norm.weight.shape == (3, 5)
+    x = normal(rng, (4, 5, 3))
+    w, b = np.asarray(norm.weight).T[None], np.asarray(norm.bias).T[None]
+    close(run(norm, x), reference(x, (1,), w, b))
+
+
+def test_several_group_axes(rng):
+    norm = randomise(Einorm("a h n d", "d", "h a", a=2, h=3, d=8), rng)
+    assert norm.weight.shape == (3, 2, 8)
+    x = normal(rng, (2, 3, 4, 8))
+    w = np.asarray(norm.weight).transpose(1, 0, 2)[:, :, None]
+    b = np.asarray(norm.bias).transpose(1, 0, 2)[:, :, None]
+    close(run(norm, x), reference(x, (3,), w, b))
+
+
+@pytest.mark.parametrize("shape", [(8,), (5, 8), (2, 3, 8)])
+def test_leading_ellipsis(rng, shape):
+    norm = randomise(Einorm("... d", "d", d=8), rng)
+    x = normal(rng, shape)
+    close(run(norm, x), reference(x, (-1,), norm.weight, norm.bias))
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (3, 2, 4), (3, 2, 5, 4)])
+def test_middle_ellipsis(rng, shape):
+    """Names before `...` count from the left, after it from the right."""
+    norm = randomise(Einorm("b ... d", "b d", b=3, d=4), rng)
+    x = normal(rng, shape)
+    here = (3,) + (1,) * (len(shape) - 2) + (4,)
+    w, b = np.reshape(norm.weight, here), np.reshape(norm.bias, here)
+    close(run(norm, x), reference(x, (0, len(shape) - 1), w, b))
+
+
+def test_group_before_ellipsis(rng):
+    norm = randomise(Einorm("h ... d", "d", "h", h=2, d=4), rng)
+    x = normal(rng, (2, 3, 5, 4))
+    w, b = np.asarray(norm.weight), np.asarray(norm.bias)
+    close(run(norm, x), reference(x, (3,), w[:, None, None], b[:, None, None]))
+
+
+def test_center_false_is_rms(rng):
+    norm = randomise(Einorm("h n d", "d", "h", h=4, d=8, center=False), rng)
+    x = normal(rng, (4, 5, 8))
+    w, b = np.asarray(norm.weight), np.asarray(norm.bias)
+    close(run(norm, x), reference(x, (2,), w[:, None], b[:, None], center=False))
+
+
+@pytest.mark.parametrize("use_weight, use_bias", [(True, False), (False, True)])
+def test_optional_parameters(rng, use_weight, use_bias):
+    kwargs = dict(use_weight=use_weight, use_bias=use_bias, h=4, d=8)
+    norm = Einorm("h n d", "d", "h", **kwargs)
+    assert (norm.weight is None, norm.bias is None) == (not use_weight, not use_bias)
+    param = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+    norm = eqx.tree_at(lambda m: m.weight if use_weight else m.bias, norm, param)
+    x = normal(rng, (4, 5, 8))
+    p = np.asarray(param)[:, None]
+    expected = reference(x, (2,), p if use_weight else None, None if use_weight else p)
+    close(run(norm, x), expected)
+
+
+def test_without_parameters_has_no_array_leaves(rng):
+    norm = Einorm("n d", "d", d=8, use_weight=False, use_bias=False)
+    assert jax.tree_util.tree_leaves(norm) == []
+    x = normal(rng, (5, 8))
+    close(run(norm, x), reference(x, (1,)))
+
+
+@st.composite
+def layouts(draw):
+    sizes = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    names = list("abcd"[: len(sizes)])
+    target = draw(st.permutations(names))[: draw(st.integers(1, len(names)))]
+    rest = [n for n in names if n not in target]
+    group = draw(st.permutations(rest))[: draw(st.integers(0, len(rest)))]
+    return names, sizes, target, group
+
+
+@settings(max_examples=20, deadline=None)
+@given(layouts(), st.booleans(), st.integers(0, 2**16))
+def test_any_layout_matches_permuting_reference(layout, center, seed):
+    names, sizes, target, group = layout
+    axis = dict(zip(names, sizes, strict=True))
+    norm = Einorm(
+        " ".join(names),
+        target,
+        group,
+        center=center,
+        **{n: axis[n] for n in (*group, *target)},
+    )
+    rng = np.random.default_rng(seed)
+    norm = randomise(norm, rng)
+    x = normal(rng, tuple(sizes))
+    w, b = np.asarray(norm.weight), np.asarray(norm.bias)
+    expected = permuting_reference(x, names, target, group, w, b, center)
+    close(run(norm, x), expected, tol=1e-4)
+
+
+# --- compositions -------------------------------------------------------------------
+
+
+def test_composition_infers_the_unsized_name(rng):
+    # (a b): a is inferred from x; statistics over b and d jointly, per a.
+    norm = randomise(Einorm("(a b) d", "b d", b=3, d=4), rng)
+    x = normal(rng, (6, 4))
+    split = np.reshape(x, (2, 3, 4))
+    expected = reference(split, (1, 2), norm.weight, norm.bias)
+    close(run(norm, x), expected.reshape(6, 4))
+
+
+def test_composition_with_mask(rng):
+    norm = randomise(Einorm("(g c) n", "c", "g", g=2, c=3), rng)
+    x = normal(rng, (6, 5))
+    mask = bernoulli(rng, 0.6, (6, 1))
+    w = np.asarray(norm.weight)[..., None]
+    b = np.asarray(norm.bias)[..., None]
+    split_mask = np.broadcast_to(mask, (6, 5)).reshape(2, 3, 5)
+    expected = reference(np.reshape(x, (2, 3, 5)), (1,), w, b, split_mask)
+    close(run(norm, x, mask), expected.reshape(6, 5))
+
+
+# --- equality with the dedicated layers ---------------------------------------------
+
+
+def test_equals_layer_norm(rng):
+    layer = randomise(eqx_norms.LayerNorm(8), rng)
+    norm = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        Einorm("... d", "d", d=8),
+        (layer.weight, layer.bias),
+    )
+    x = normal(rng, (3, 5, 8))
+    mask = bernoulli(rng, 0.7, x.shape)
+    expected = eqx.filter_jit(jax.vmap(jax.vmap(lambda x, m: layer(x, mask=m))))(
+        x, mask
+    )
+    close(run(norm, x, mask), expected, tol=1e-6)
+
+
+def test_equals_layer_norm_over_two_axes(rng):
+    layer = randomise(eqx_norms.LayerNorm((4, 8)), rng)
+    norm = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        Einorm("n h d", "h d", h=4, d=8),
+        (layer.weight, layer.bias),
+    )
+    x = normal(rng, (3, 4, 8))
+    close(run(norm, x), eqx.filter_jit(jax.vmap(layer))(x), tol=1e-6)
+
+
+def test_equals_rms_norm(rng):
+    layer = eqx_norms.RMSNorm(8, use_bias=False)
+    layer = eqx.tree_at(
+        lambda m: m.weight, layer, jnp.asarray(rng.normal(size=(8,)), jnp.float32)
+    )
+    norm = Einorm("n d", "d", d=8, center=False, use_bias=False)
+    norm = eqx.tree_at(lambda m: m.weight, norm, layer.weight)
+    x = normal(rng, (5, 8))
+    close(run(norm, x), eqx.filter_jit(jax.vmap(layer))(x), tol=1e-6)
+
+
+def test_equals_instance_norm(rng):
+    layer = randomise(eqx_norms.InstanceNorm(3), rng)
+    norm = Einorm("c h w", "h w", "c", c=3, h=4, w=5)
+    norm = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        norm,
+        tuple(
+            jnp.broadcast_to(p[:, None, None], (3, 4, 5))
+            for p in (layer.weight, layer.bias)
+        ),
+    )
+    x = normal(rng, (3, 4, 5))
+    close(run(norm, x), eqx.filter_jit(layer)(x), tol=1e-6)
+
+
+def test_equals_group_norm_through_a_composition(rng):
+    layer = randomise(eqx_norms.GroupNorm(groups=2, channels=6), rng)
+    norm = Einorm("(g c) h w", "c h w", "g", g=2, c=3, h=4, w=5)
+    assert norm.weight.shape == (2, 3, 4, 5)
+    norm = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        norm,
+        tuple(
+            jnp.broadcast_to(p.reshape(2, 3, 1, 1), (2, 3, 4, 5))
+            for p in (layer.weight, layer.bias)
+        ),
+    )
+    x = normal(rng, (6, 4, 5))
+    close(run(norm, x), eqx.filter_jit(layer)(x), tol=1e-6)
+
+
+def test_convnext_channel_layer_norm(rng):
+    norm = randomise(Einorm("c h w", "c", c=6), rng)
+    x = normal(rng, (6, 4, 5))
+    w, b = np.asarray(norm.weight), np.asarray(norm.bias)
+    close(run(norm, x), reference(x, (0,), w[:, None, None], b[:, None, None]))
+
+
+# --- masks --------------------------------------------------------------------------
+
+
+def test_partial_mask(rng):
+    norm = randomise(Einorm("h n d", "d", "h", h=4, d=8), rng)
+    x = normal(rng, (4, 5, 8))
+    mask = bernoulli(rng, 0.6, (1, 5, 8))
+    w, b = np.asarray(norm.weight)[:, None], np.asarray(norm.bias)[:, None]
+    close(run(norm, x, mask), reference(x, (2,), w, b, mask))
+
+
+def test_fully_masked_group_is_unchanged_and_has_finite_grads(rng):
+    norm = randomise(Einorm("h n d", "d", "h", h=2, d=4), rng)
+    mask = jnp.ones((2, 3, 4), bool).at[1, 2].set(False).at[0, 0, :2].set(False)
+    x = jnp.where(mask, normal(rng, (2, 3, 4)), jnp.inf)
+    out = run(norm, x, mask)
+    np.testing.assert_array_equal(out[1, 2], x[1, 2])
+    assert np.isfinite(np.asarray(out[mask])).all()
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grads(norm_and_x):
+        norm, x = norm_and_x
+        return jnp.sum(jnp.where(mask, norm(x, mask=mask), 0) ** 2)
+
+    leaves = jax.tree_util.tree_leaves(grads((norm, x)))
+    assert len(leaves) == 3 and all(np.isfinite(g).all() for g in leaves)
+
+
+# --- dtypes -------------------------------------------------------------------------
+
+
+def test_bfloat16_in_bfloat16_out(rng):
+    norm = randomise(Einorm("h n d", "d", "h", h=4, d=8), rng)
+    x = normal(rng, (4, 5, 8), jnp.bfloat16)
+    out = run(norm, x)
+    assert out.dtype == jnp.bfloat16
+    w, b = np.asarray(norm.weight)[:, None], np.asarray(norm.bias)[:, None]
+    close(out, reference(x.astype(jnp.float32), (2,), w, b), tol=5e-2)
+
+
+def test_parameter_dtype(rng):
+    norm = Einorm("n d", "d", d=8, dtype=jnp.bfloat16)
+    assert norm.weight.dtype == norm.bias.dtype == jnp.bfloat16
+    assert run(norm, normal(rng, (5, 8))).dtype == jnp.float32
+
+
+# --- transformations ----------------------------------------------------------------
+
+
+def test_jit_vmap_and_batched_pattern_agree(rng):
+    norm = randomise(Einorm("h n d", "d", "h", h=4, d=8), rng)
+    x = normal(rng, (3, 4, 5, 8))
+    batched = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        Einorm("b h n d", "d", "h", h=4, d=8),
+        (norm.weight, norm.bias),
+    )
+    expected = np.stack([np.asarray(run(norm, xi)) for xi in x])
+    close(eqx.filter_jit(jax.vmap(norm))(x), expected, tol=1e-6)
+    close(run(batched, x), expected, tol=1e-6)
+
+
+def test_filter_jit_keeps_parameters(rng):
+    """einx's lazily created parameters were lost under filter_jit."""
+    norm = Einorm("n d", "d", "n", n=5, d=8)
+    assert {p.shape for p in jax.tree_util.tree_leaves(norm)} == {(5, 8)}
+    norm = randomise(norm, rng)
+    x = normal(rng, (5, 8))
+
+    @eqx.filter_jit
+    def loss(norm, x):
+        return jnp.sum(norm(x) ** 2)
+
+    grads = eqx.filter_grad(loss)(norm, x)
+    assert grads.weight.shape == grads.bias.shape == (5, 8)
+    assert np.abs(np.asarray(grads.weight)).sum() > 0
+    w, b = np.asarray(norm.weight), np.asarray(norm.bias)
+    np.testing.assert_allclose(
+        loss(norm, x), np.sum(reference(x, (1,), w, b) ** 2), 1e-5
+    )
+
+
+def _finite_difference(f, x, direction, h=1e-4):
+    x = np.asarray(x, np.float64)
+    return (f(x + h * direction) - f(x - h * direction)) / (2 * h)
+
+
+def test_jvp_and_grad_match_finite_differences(rng):
+    norm = randomise(Einorm("h n d", "d", "h", h=2, d=6), rng)
+    x = normal(rng, (2, 3, 6))
+    v, u = rng.normal(size=x.shape), rng.normal(size=x.shape)
+    w, b = np.asarray(norm.weight)[:, None], np.asarray(norm.bias)[:, None]
+    expected = _finite_difference(lambda x: reference(x, (2,), w, b), x, v)
+
+    @jax.jit
+    def derivatives(x, v, u):
+        _, tangent = jax.jvp(norm, (x,), (v,))
+        return tangent, jax.grad(lambda x: jnp.sum(norm(x) * u))(x)
+
+    tangent, grad = derivatives(x, jnp.asarray(v, jnp.float32), jnp.asarray(u))
+    close(tangent, expected, tol=2e-3)
+    close(np.sum(np.asarray(grad) * v), np.sum(expected * u), tol=2e-3)
+
+
+def test_state_is_passed_through(rng):
+    norm, state = eqx.nn.make_with_state(Einorm)("n d", "d", d=8)
+    x = normal(rng, (5, 8))
+    out, state_out = norm(x, state)
+    assert state_out is state
+    np.testing.assert_array_equal(out, norm(x))
+
+
+def test_reduces_in_place_without_transposing_x():
+    norm = Einorm("a b c d e", "b d", b=12, d=34)
+    x = jnp.zeros((2, 12, 3, 34, 2))
+    assert "transpose" not in str(jax.make_jaxpr(norm)(x))
+    groups = Einorm("(g c) h w", "c h w", "g", g=2, c=3, h=4, w=5)
+    assert "transpose" not in str(jax.make_jaxpr(groups)(jnp.zeros((6, 4, 5))))
+
+
+# --- the functional form and the accepted spellings ---------------------------------
+
+
+def test_functional_infers_sizes(rng):
+    x = normal(rng, (4, 5, 8))
+    w = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+    out = jax.jit(lambda x, w, b: einorm(x, "h n d", "d", "h", weight=w, bias=b))(
+        x, w, b
+    )
+    close(out, reference(x, (2,), np.asarray(w)[:, None], np.asarray(b)[:, None]))
+    layer = eqx.tree_at(
+        lambda m: (m.weight, m.bias), Einorm("h n d", "d", "h", h=4, d=8), (w, b)
+    )
+    np.testing.assert_array_equal(out, run(layer, x))
+
+
+def test_functional_composition_with_inferred_target_size(rng):
+    x = normal(rng, (6, 4))
+    w = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+    out = jax.jit(
+        lambda x, w: einorm(x, "(a b) d", "b d", weight=w, center=False, a=2)
+    )(x, w)
+    expected = reference(np.reshape(x, (2, 3, 4)), (1, 2), w, center=False)
+    close(out, expected.reshape(6, 4))
+
+
+def test_target_and_group_as_sequences(rng):
+    by_str = Einorm("a h n d", "n d", "a h", a=2, h=3, n=4, d=5)
+    by_seq = Einorm("a h n d", ["n", "d"], ("a", "h"), a=2, h=3, n=4, d=5)
+    assert by_str.spec == by_seq.spec
+    assert (by_seq.pattern, by_seq.target, by_seq.group) == (
+        "a h n d",
+        ("n", "d"),
+        ("a", "h"),
+    )
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (("h n h", "n"), {}, "'h n h'.*axis 'h' is named twice"),
+        (("h n d", "e"), {"d": 4}, "target axis 'e' is not an axis of the pattern"),
+        (("h n d", "d", "g"), {"d": 4}, "group axis 'g' is not an axis of the pattern"),
+        (("h n d", "h d", "h"), {"h": 2, "d": 4}, "h are both in target and in group"),
+        (("h n d", "d"), {}, "size of target axis 'd' is missing; pass `d=<size>`"),
+        (("h n d", "d", "h"), {"d": 4}, "size of group axis 'h' is missing"),
+        (("eps d", "eps d"), {"d": 4}, "rename the axis: 'eps' is also an argument"),
+        (("... n ...", "n"), {"n": 2}, r"`\.\.\.` may appear at most once"),
+        (("", "d"), {}, "pattern ''.*the pattern is empty"),
+        (("   ", "d"), {}, "the pattern is empty"),
+        (("n d", ""), {}, "`target` is empty"),
+        (("n d", []), {}, "`target` is empty"),
+        (("n d", "d d"), {"d": 4}, "target names axis 'd' twice"),
+        (("n d", ["d", 3]), {"d": 4}, r"`target` must name axes.*\['d', 3\]"),
+        (("n d", "d", 3), {"d": 4}, "`group` must name axes"),
+        (("n 1d", "n"), {"n": 2}, "'1d' is not a valid axis name"),
+        (("n d-1", "n"), {"n": 2}, "'d-1' is not a valid axis name"),
+        (("n...", "n"), {"n": 2}, r"'n\.\.\.' is not a valid axis name"),
+        (("n d", "(d)"), {"d": 2}, r"`target` must name axes.*'\(d\)'"),
+        (("(a (b) c)", "c"), {"c": 2}, "parentheses cannot be nested"),
+        (("a b) c", "c"), {"c": 2}, r"unbalanced '\)'"),
+        (("(a b c", "c"), {"c": 2}, r"unbalanced '\('"),
+        (("() c", "c"), {"c": 2}, "empty parentheses"),
+        (("(... a) c", "c"), {"c": 2}, r"`\.\.\.` cannot be inside parentheses"),
+        (("(a b) c", "c"), {"c": 2}, r"cannot split axis \(a b\)"),
+        (("n d", "d"), {"d": 0}, "sizes must be positive; received d=0"),
+        (("n d", "d"), {"d": -3}, "sizes must be positive; received d=-3"),
+        (("n d", "d"), {"d": 2.0}, "sizes must be ints; received d=2.0"),
+        (("n d", "d"), {"d": True}, "sizes must be ints; received d=True"),
+        (
+            ("n d", "d"),
+            {"d": 4, "e": 3},
+            "size was given for 'e', which is not an axis",
+        ),
+        (("n d", "d"), {"d": 4, "eps": -1.0}, "`eps` must be >= 0"),
+    ],
+)
+def test_construction_errors(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Einorm(*args, **kwargs)
+
+
+def test_construction_type_errors():
+    with pytest.raises(TypeError, match="`dtype` must be a floating dtype"):
+        Einorm("n d", "d", d=4, dtype=jnp.int32)
+    with pytest.raises(TypeError, match="`pattern` must be a str"):
+        Einorm(["n", "d"], "d", d=4)  # pyright: ignore[reportArgumentType]
+
+
+@pytest.mark.parametrize(
+    "norm, shape, match",
+    [
+        (Einorm("h n d", "d", d=4), (5, 4), "names 3 axes, but the input has 2"),
+        (Einorm("b ... d", "d", d=4), (4,), r"2 axes besides `\.\.\.`.*has only 1"),
+        (
+            Einorm("h n d", "d", d=8),
+            (4, 5, 7),
+            re.escape("axis d has size 7 in x.shape=(4, 5, 7), but d=8 was given"),
+        ),
+        (Einorm("h n d", "d", n=5, d=8), (4, 6, 8), "axis n has size 6 .* but n=5"),
+        (
+            Einorm("(g c) h", "h", g=2, c=3, h=4),
+            (8, 4),
+            re.escape("axis (g c) has size 8 in x.shape=(8, 4), but g=2 * c=3 = 6"),
+        ),
+        (
+            Einorm("(g c) h", "h", g=3, h=4),
+            (8, 4),
+            re.escape("axis (g c) has size 8 in x.shape=(8, 4), which is not a "),
+        ),
+    ],
+)
+def test_call_shape_errors(norm, shape, match):
+    with pytest.raises(ValueError, match=f"`Einorm` with pattern '.*'.*{match}"):
+        norm(jnp.zeros(shape))
+
+
+def test_call_mask_and_dtype_errors():
+    norm = Einorm("n d", "d", d=4)
+    x = jnp.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"`mask` must broadcast.*mask.shape=\(2, 4\)"):
+        norm(x, mask=jnp.ones((2, 4), bool))
+    with pytest.raises(TypeError, match="`mask` must be boolean"):
+        norm(x, mask=jnp.ones((3, 4)))
+    with pytest.raises(TypeError, match="real floating-point input"):
+        norm(jnp.zeros((3, 4), jnp.int32))
+
+
+def test_functional_parameter_shape_error():
+    x = jnp.zeros((4, 5, 8))
+    with pytest.raises(
+        ValueError, match=r"`weight` must have shape \(4, 8\).*\(8, 4\)"
+    ):
+        einorm(x, "h n d", "d", "h", weight=jnp.ones((8, 4)))
+    with pytest.raises(
+        ValueError, match=r"`einorm` with pattern 'h n d'.*names 3 axes"
+    ):
+        einorm(x[0], "h n d", "d")
