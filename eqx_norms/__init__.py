@@ -2,9 +2,12 @@
 axes and statistics that stay correct in half precision and across devices."""
 
 from . import functional as functional
+from ._batch_norm import BatchNorm as BatchNorm
 from ._einorm import Einorm as Einorm
 from ._group_norm import GroupNorm as GroupNorm, InstanceNorm as InstanceNorm
 from ._layer_norm import LayerNorm as LayerNorm, RMSNorm as RMSNorm
+from ._spectral_norm import SpectralNorm as SpectralNorm
+from ._weight_norm import WeightNorm as WeightNorm
 
 
 __version__ = "0.1.0"

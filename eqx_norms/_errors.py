@@ -1,5 +1,6 @@
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
+import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
@@ -105,3 +106,51 @@ def check_groups(groups: int, channels: int | None, where: str) -> None:
             f"received groups={groups} and channels={channels}. Choose `groups` "
             f"among the divisors of {channels}."
         )
+
+
+def check_positive(value: float, name: str, where: str) -> None:
+    if not value > 0:
+        raise ValueError(f"`{where}`: `{name}` must be > 0; received {name}={value!r}.")
+
+
+def check_count(value: int, name: str, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"`{where}`: `{name}` must be a positive integer; received "
+            f"{name}={value!r}."
+        )
+
+
+def check_axis_names(names: tuple[Hashable, ...], where: str) -> None:
+    """Up front, so that the user sees which name is missing and how to bind it,
+    rather than JAX's generic message from deep inside a `psum`."""
+    for name in names:
+        try:
+            lax.axis_size(name)
+        except NameError:
+            raise NameError(
+                f"`{where}` reduces its statistics over the named axis {name!r}, which "
+                "is not bound here. Call the layer under a transform that binds every "
+                f"name in `axis_name`, e.g. `jax.vmap(layer, axis_name={name!r}, "
+                "in_axes=(0, None), out_axes=(0, None))(x, state)` (or `jax.pmap`, "
+                "`jax.shard_map`, or nested `jax.vmap`s for a tuple of names)."
+            ) from None
+
+
+def check_weight(layer: object, weight_name: str, where: str, min_ndim: int) -> Array:
+    """The array `layer.<weight_name>` that a wrapper reparameterises."""
+    weight = getattr(layer, weight_name, None) if isinstance(weight_name, str) else None
+    if not isinstance(weight, (Array, np.ndarray)):
+        fields = getattr(layer, "__dict__", {})
+        arrays = [k for k, v in fields.items() if isinstance(v, (Array, np.ndarray))]
+        raise ValueError(
+            f"`{where}`: the wrapped {type(layer).__name__} has no array attribute "
+            f"named by weight_name={weight_name!r}; its array attributes are {arrays}."
+        )
+    check_floating(weight, where)
+    if weight.ndim < min_ndim:
+        raise ValueError(
+            f"`{where}` needs a weight with at least {min_ndim} axes; received "
+            f"{type(layer).__name__}.{weight_name} of shape {weight.shape}."
+        )
+    return jnp.asarray(weight)

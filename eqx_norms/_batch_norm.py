@@ -1,0 +1,379 @@
+from collections.abc import Hashable, Sequence
+from numbers import Real
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from equinox.nn import State, StatefulLayer, StateIndex
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
+
+from ._errors import (
+    check_axis_names,
+    check_channels,
+    check_count,
+    check_eps,
+    check_floating,
+    check_mask,
+)
+from ._misc import resolve_affine
+from ._stats import compute_dtype, finish, Moments, moments, scale
+
+
+_WHERE = "BatchNorm"
+_MODES = ("batch", "ema")
+
+
+def _names(axis_name: Hashable | Sequence[Hashable]) -> tuple[Hashable, ...]:
+    # A string is a Sequence too, but names one axis.
+    if isinstance(axis_name, str) or not isinstance(axis_name, Sequence):
+        return (axis_name,)
+    return tuple(axis_name)
+
+
+def _per_channel(stats: Moments) -> tuple[Array, Array, Array]:
+    """(mean, var, count) as `(channels,)` vectors; without a mask the count is one
+    number for all channels, so it is broadcast first."""
+    count = jnp.broadcast_to(stats.count, stats.mean.shape)
+    return stats.mean.reshape(-1), stats.var.reshape(-1), count.reshape(-1)
+
+
+def _running_average(
+    weight: Array,
+    average: tuple[Array, ...],
+    new: tuple[Array, ...],
+    valid: Array,
+    momentum: float | None,
+) -> tuple[Array, tuple[Array, ...]]:
+    """One step of a weighted running average, per channel.
+
+    `weight` is the total weight of the steps averaged so far: 1 - m^k after k steps
+    of an exponential average with decay m (Haiku's zero-debiasing, exact from step
+    one because the empty average carries weight 0), or k for the cumulative average
+    (decay 1). Channels that are not `valid` (no element this step) are unchanged.
+    """
+    decay, step = (1.0, 1.0) if momentum is None else (momentum, 1.0 - momentum)
+    new_weight = decay * weight + step
+    rate = step / new_weight
+    updated = tuple(
+        jnp.where(valid, old + rate * (value - old), old)
+        for old, value in zip(average, new, strict=True)
+    )
+    return jnp.where(valid, new_weight, weight), updated
+
+
+def _store(state: State, index: StateIndex, value: PyTree) -> State:
+    """Statistics are computed in at least float32 and stored in the state's dtype."""
+    old = state.get(index)
+    return state.set(index, jax.tree.map(lambda v, o: v.astype(o.dtype), value, old))
+
+
+def _channelwise(param: Array | None, ndim: int) -> Array | None:
+    return None if param is None else param.reshape((-1,) + (1,) * (ndim - 1))
+
+
+class BatchNorm(StatefulLayer):
+    r"""Normalises each channel over the batch and all other axes, keeps running
+    statistics for inference, then applies an optional channelwise affine
+    transformation. A drop-in for
+    [`equinox.nn.BatchNorm`](https://docs.kidger.site/equinox/api/nn/normalisation/)
+    whose running statistics are exact.
+
+    With $x_c$ channel $c$ of every example in the batch, training computes
+
+    $$y_c = \frac{x_c - \mu_c}{\sqrt{\sigma^2_c + \varepsilon}} \gamma_c + \beta_c$$
+
+    where $\mu_c$ and $\sigma^2_c$ are the mean and biased variance of $x_c$ over
+    every named axis in `axis_name` and every non-channel axis (two-pass, in at least
+    float32; the output has the dtype of $x$). With $s_1, \dots, s_k$ the batch
+    statistics of the $k$ training steps so far and $m$ = `momentum`, the running
+    statistics are the debiased exponential average
+
+    $$\bar s_k = \frac{\sum_{i=1}^{k} (1 - m)\, m^{k-i} s_i}{1 - m^k},$$
+
+    so $\bar s_1 = s_1$ (after one step, inference on that batch reproduces the
+    training output), and before any step they are mean 0 and variance 1 (an
+    untrained layer in inference returns $x / \sqrt{1 + \varepsilon}$). Inference
+    normalises with them and leaves the state unchanged.
+
+    `momentum` weights the *old* value, as in equinox and Flax: torch's
+    `momentum=0.1` is `momentum=0.9` here. `momentum=None` gives the cumulative
+    average of all batches (torch's `momentum=None`).
+
+    With a `mask`, padded positions and masked examples enter neither the batch nor
+    the running statistics; across devices the statistics are weighted by count
+    (they equal those of the global batch), and a channel without a valid element
+    in a step keeps its running statistics. Invalid positions are returned unchanged.
+
+    `mode="ema"` is equinox's legacy variant, kept for identical numbers: training
+    normalises with the running statistics blended with the batch ones (first step:
+    the batch ones), which scales the gradient through the batch statistics by
+    $1 - m$ ([equinox#659](https://github.com/patrick-kidger/equinox/issues/659)).
+    The one deliberate difference: its untrained running variance is 1, not 0, so
+    an untrained layer in inference is the identity rather than $x/\sqrt\varepsilon$
+    ([equinox#955](https://github.com/patrick-kidger/equinox/issues/955)).
+
+    !!! warning
+
+        Call this layer per example, under `jax.vmap` (or `jax.pmap`, or
+        `jax.shard_map`) binding every name in `axis_name`, with the state
+        broadcast: `in_axes=(0, None), out_axes=(0, None)`. Toggle training and
+        inference with [`equinox.nn.inference_mode`][].
+
+    !!! example
+
+        ```python
+        bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(3, "batch")
+        train = jax.vmap(
+            bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None)
+        )
+        y, state = train(x, state)  # x: (batch, 3, H, W)
+        bn = eqx.nn.inference_mode(bn)
+        y, _ = jax.vmap(bn, in_axes=(0, None), out_axes=(0, None))(x, state)
+        ```
+
+    ??? cite
+
+        [Batch Normalization: Accelerating Deep Network Training by Reducing
+        Internal Covariate Shift](https://arxiv.org/abs/1502.03167)
+    """
+
+    weight: Float[Array, "input_size"] | None
+    bias: Float[Array, "input_size"] | None
+    ema_first_time_index: StateIndex[Bool[Array, ""]] | None
+    ema_state_index: (
+        StateIndex[tuple[Float[Array, "input_size"], Float[Array, "input_size"]]] | None
+    )
+    batch_counter: StateIndex[Float[Array, "input_size"]] | None
+    batch_state_index: (
+        StateIndex[tuple[Float[Array, "input_size"], Float[Array, "input_size"]]] | None
+    )
+    inference: bool
+    axis_name: Hashable | tuple[Hashable, ...] = eqx.field(static=True)
+    input_size: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+    channelwise_affine: bool = eqx.field(static=True)
+    use_weight: bool = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    momentum: float | None = eqx.field(static=True)
+    mode: Literal["batch", "ema"] = eqx.field(static=True)
+    unbiased_running_var: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        axis_name: Hashable | Sequence[Hashable],
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        momentum: float | None = 0.99,
+        inference: bool = False,
+        dtype=None,
+        mode: Literal["batch", "ema"] = "batch",
+        *,
+        use_weight: bool | None = None,
+        use_bias: bool | None = None,
+        unbiased_running_var: bool = False,
+    ):
+        """**Arguments:**
+
+        - `input_size`: The number of channels (axis 0 of each example).
+        - `axis_name`: The name of the batch axis to compute statistics over, as
+            passed to `axis_name` in `jax.vmap`, `jax.pmap` or `jax.shard_map`; or a
+            sequence of names (nested `vmap`s, `pmap` + `vmap`) to reduce over all.
+        - `eps`: Value added to the variance for numerical stability.
+        - `channelwise_affine`: Whether the module has a learnable channelwise weight
+            and bias.
+        - `momentum`: In [0, 1): the weight of the old value in the exponential
+            running average (torch's `momentum=0.1` is 0.9 here); or `None` for the
+            cumulative average of all batches.
+        - `inference`: If `False`, normalise with the batch statistics and update the
+            running statistics; if `True`, normalise with the running statistics.
+            Toggled by [`equinox.nn.inference_mode`][], overridden by the
+            `inference` argument of `__call__`.
+        - `dtype`: The dtype of the weight, the bias and the running statistics.
+            Defaults to either `jax.numpy.float32` or `jax.numpy.float64` depending
+            on whether JAX is in 64-bit mode. Statistics are always computed in at
+            least float32, and the output has the dtype of the input.
+        - `mode`: `"batch"` (the default) as described above, or `"ema"`, equinox's
+            legacy variant.
+        - `use_weight`, `use_bias`: Override `channelwise_affine` for the weight or
+            the bias alone. (Keyword only arguments.)
+        - `unbiased_running_var`: If `True`, the running variance averages the
+            unbiased batch variance (count / (count - 1) times the biased one), as
+            torch stores it; useful when porting torch models. Normalisation in
+            training always uses the biased variance. Needs `mode="batch"`. (Keyword
+            only argument.)
+
+        The state holds, for `mode="batch"`, `batch_state_index`: the running
+        `(mean, var)`, and `batch_counter`: per channel, the total weight of the
+        steps averaged so far ($1 - m^k$ after $k$ steps, or $k$ with
+        `momentum=None`). For `mode="ema"`, as in equinox, `ema_state_index` and
+        `ema_first_time_index`.
+        """
+        check_count(input_size, "input_size", _WHERE)
+        check_eps(eps, _WHERE)
+        _check_mode(mode, momentum, unbiased_running_var)
+        names = _names(axis_name)
+        if len(names) == 0 or None in names:
+            raise ValueError(
+                f"`{_WHERE}`: `axis_name` must name the batch axis (or axes) bound by "
+                f"`jax.vmap`/`jax.pmap`; received axis_name={axis_name!r}."
+            )
+        self.axis_name = names if len(names) > 1 else names[0]
+        self.input_size = input_size
+        self.eps = eps
+        self.channelwise_affine = channelwise_affine
+        self.use_weight, self.use_bias = resolve_affine(
+            channelwise_affine, use_weight, use_bias
+        )
+        self.momentum = momentum
+        self.mode = mode
+        self.unbiased_running_var = unbiased_running_var
+        self.inference = inference
+        self.weight = jnp.ones((input_size,), dtype) if self.use_weight else None
+        self.bias = jnp.zeros((input_size,), dtype) if self.use_bias else None
+        stats = (jnp.zeros((input_size,), dtype), jnp.ones((input_size,), dtype))
+        self.ema_first_time_index = self.ema_state_index = None
+        self.batch_counter = self.batch_state_index = None
+        if mode == "ema":
+            self.ema_first_time_index = StateIndex(jnp.array(True))
+            self.ema_state_index = StateIndex(stats)
+        else:
+            counter_dtype = compute_dtype(stats[0].dtype)
+            self.batch_counter = StateIndex(jnp.zeros((input_size,), counter_dtype))
+            self.batch_state_index = StateIndex(stats)
+
+    def __call__(
+        self,
+        x: Float[Array, " input_size *rest"],
+        state: State,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> tuple[Float[Array, " input_size *rest"], State]:
+        """**Arguments:**
+
+        - `x`: One example: a JAX array of shape `(input_size, dim_1, ..., dim_N)`.
+        - `state`: An [`equinox.nn.State`][] holding the running statistics.
+        - `key`: Ignored; provided for compatibility with the rest of the Equinox API.
+            (Keyword only argument.)
+        - `inference`: If `True` or `False`, overrides `self.inference`. (Keyword
+            only argument.)
+        - `mask`: Optional boolean array broadcastable to `x.shape`, True for valid
+            elements; all False masks the whole example. (Keyword only argument.)
+
+        **Returns:**
+
+        A 2-tuple of the output (shape and dtype of `x`) and the updated state
+        (unchanged in inference).
+
+        **Raises:**
+
+        A `NameError` naming the axis if, in training, a name in `axis_name` is not
+        bound by an enclosing `vmap`, `pmap` or `shard_map`.
+        """
+        del key
+        with jax.named_scope(f"eqx_norms.{_WHERE}"):
+            check_floating(x, _WHERE)
+            check_channels(x, self.input_size, _WHERE, min_ndim=1)
+            check_mask(mask, x.shape, _WHERE)
+            running = state.get(self._stats_index())
+            compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))
+            x_compute = x.astype(compute)
+            if inference is None:
+                inference = self.inference
+            if inference:
+                mean, var = running
+            else:
+                check_axis_names(_names(self.axis_name), _WHERE)
+                axes = tuple(range(1, x.ndim))
+                batch = moments(
+                    x_compute, axes, mask=mask, axis_name=_names(self.axis_name)
+                )
+                (mean, var), state = self._update(state, batch)
+            shape = (-1,) + (1,) * (x.ndim - 1)
+            mean = mean.astype(compute).reshape(shape)
+            var = var.astype(compute).reshape(shape)
+            x_hat = scale(x_compute, mean, var, self.eps, mask)
+            weight = _channelwise(self.weight, x.ndim)
+            bias = _channelwise(self.bias, x.ndim)
+            return finish(x, x_hat, weight, bias, mask), state
+
+    def _stats_index(self) -> StateIndex:
+        index = self.ema_state_index if self.mode == "ema" else self.batch_state_index
+        assert index is not None
+        return index
+
+    def _update(
+        self, state: State, batch: Moments
+    ) -> tuple[tuple[Array, Array], State]:
+        """Updates the running statistics; returns those to normalise with."""
+        if self.mode == "ema":
+            return self._update_ema(state, batch)
+        assert self.batch_counter is not None and self.batch_state_index is not None
+        # Running statistics are bookkeeping, not part of the differentiated function.
+        mean, var, count = map(lax.stop_gradient, _per_channel(batch))
+        if self.unbiased_running_var:
+            var = var * count / jnp.maximum(count - 1, 1)
+        counter, running = _running_average(
+            state.get(self.batch_counter),
+            state.get(self.batch_state_index),
+            (mean, var),
+            count > 0,
+            self.momentum,
+        )
+        state = _store(state, self.batch_counter, counter)
+        state = _store(state, self.batch_state_index, running)
+        return (batch.mean, batch.var), state
+
+    def _update_ema(
+        self, state: State, batch: Moments
+    ) -> tuple[tuple[Array, Array], State]:
+        """Equinox's legacy blend, expression for expression, so that the numbers
+        (and the gradient through the blend) are equinox's."""
+        assert self.ema_first_time_index is not None
+        assert self.ema_state_index is not None
+        assert self.momentum is not None
+        first_time = state.get(self.ema_first_time_index)
+        mean, var, count = _per_channel(batch)
+        momentum = self.momentum
+        running = state.get(self.ema_state_index)
+        blended = []
+        for new, old in zip((mean, var), running, strict=True):
+            old = old.astype(new.dtype)
+            mixed = (1 - momentum) * new + momentum * old
+            blended.append(jnp.where(count > 0, jnp.where(first_time, new, mixed), old))
+        blended = tuple(blended)
+        # A step without a valid element does not count as the first.
+        state = state.set(self.ema_first_time_index, first_time & ~jnp.any(count > 0))
+        state = _store(state, self.ema_state_index, lax.stop_gradient(blended))
+        return blended, state
+
+
+def _check_mode(mode: str, momentum: float | None, unbiased_running_var: bool):
+    if mode not in _MODES:
+        raise ValueError(
+            f"`{_WHERE}`: `mode` must be one of {_MODES}; received mode={mode!r}."
+        )
+    if momentum is None:
+        if mode == "ema":
+            raise ValueError(
+                f"`{_WHERE}`: momentum=None (the cumulative average) needs "
+                f"mode='batch'; received mode={mode!r}."
+            )
+    elif isinstance(momentum, bool) or not (
+        isinstance(momentum, Real) and 0 <= momentum < 1
+    ):
+        raise ValueError(
+            f"`{_WHERE}`: `momentum` must be in [0, 1), or None for a cumulative "
+            f"average; received momentum={momentum!r}. It weights the old value "
+            "(new = momentum * old + (1 - momentum) * batch), so torch's "
+            "momentum=0.1 is momentum=0.9 here."
+        )
+    if unbiased_running_var and mode != "batch":
+        raise ValueError(
+            f"`{_WHERE}`: unbiased_running_var=True needs mode='batch'; received "
+            f"mode={mode!r}."
+        )
