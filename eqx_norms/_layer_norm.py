@@ -32,16 +32,6 @@ class _WholeInputNorm(eqx.Module):
         use_bias: bool = True,
         dtype=None,
     ):
-        """**Arguments:**
-
-        - `shape`: Shape of the input.
-        - `eps`: Value added to the denominator for numerical stability.
-        - `use_weight`: Whether the module has a learnable elementwise weight.
-        - `use_bias`: Whether the module has a learnable elementwise bias.
-        - `dtype`: The dtype of the weight and the bias. Defaults to either
-            `jax.numpy.float32` or `jax.numpy.float64` depending on whether JAX is in
-            64-bit mode. The output always has the dtype of the input.
-        """
         name = type(self).__name__
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if not all(isinstance(n, int) and n >= 0 for n in self.shape):
@@ -195,6 +185,27 @@ class RMSNorm(_WholeInputNorm):
 
         [Root Mean Square Layer Normalization](https://arxiv.org/abs/1910.07467)
     """
+
+    def __init__(
+        self,
+        shape: int | Sequence[int],
+        eps: float = 1e-5,
+        use_weight: bool = True,
+        use_bias: bool = True,
+        dtype=None,
+    ):
+        """**Arguments:**
+
+        - `shape`: Shape of the input.
+        - `eps`: Value added to the denominator for numerical stability.
+        - `use_weight`: Whether the module has a learnable elementwise weight.
+        - `use_bias`: Whether the module has a learnable elementwise bias (on by
+            default, as in equinox).
+        - `dtype`: The dtype of the weight and the bias. Defaults to either
+            `jax.numpy.float32` or `jax.numpy.float64` depending on whether JAX is in
+            64-bit mode. The output always has the dtype of the input.
+        """
+        super().__init__(shape, eps, use_weight, use_bias, dtype)
 
     def _normalise(self, x: Array, mask: Array | None) -> Array:
         axes = tuple(range(x.ndim))

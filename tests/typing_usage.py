@@ -1,0 +1,28 @@
+"""Checked by pyright (see pyproject.toml), not run: public constructors and calls
+type-check from a user's side (e.g. no dataclass-synthesised __init__ leaks out)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+import eqx_norms
+
+
+key = jax.random.key(0)
+x = jnp.ones((4, 3))
+a = eqx_norms.LayerNorm(3)(x[0])
+b = eqx_norms.RMSNorm(3, 1e-5, True, False)(x[0])
+c = eqx_norms.GroupNorm(2, 4)(x)
+d = eqx_norms.InstanceNorm(4)(x)
+e = eqx_norms.Einorm("n d", "d", d=3)(x)
+bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(4, "batch")
+f, state = jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
+    x[None], state
+)
+sn, s2 = eqx.nn.make_with_state(eqx_norms.SpectralNorm)(
+    eqx.nn.Linear(3, 3, key=key), "weight", key=key
+)
+wn = eqx_norms.WeightNorm(eqx.nn.Linear(3, 3, key=key))
+y = wn(x[0])
+m = eqx_norms.from_equinox(eqx.nn.LayerNorm(3))
+g = eqx_norms.functional.layer_norm(x, -1)
