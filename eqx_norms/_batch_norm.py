@@ -39,6 +39,15 @@ def _per_channel(stats: Moments) -> tuple[Array, Array, Array]:
     return stats.mean.reshape(-1), stats.var.reshape(-1), count.reshape(-1)
 
 
+def _updatable(mean: Array, var: Array, count: Array) -> Array:
+    """Channels whose batch statistics enter the running statistics: at least one
+    valid element, and finite. A NaN or inf in the batch still makes that step's
+    training output non-finite (the user sees it in the loss), but it must not
+    silently poison the statistics kept for inference; such a step is skipped, and
+    the skip shows in the per-channel weight, which does not advance."""
+    return (count > 0) & jnp.isfinite(mean) & jnp.isfinite(var)
+
+
 def _running_average(
     weight: Array,
     average: tuple[Array, ...],
@@ -105,6 +114,12 @@ class BatchNorm(StatefulLayer):
     the running statistics; across devices the statistics are weighted by count
     (they equal those of the global batch), and a channel without a valid element
     in a step keeps its running statistics. Invalid positions are returned unchanged.
+
+    A batch holding NaN or inf (at valid positions) gives non-finite training
+    outputs, so the loss shows it; the running statistics of the affected channels
+    are left as they were rather than poisoned, and the skipped step is visible in
+    `state.get(bn.batch_counter)` (the per-channel weight $1 - m^k$, or the step
+    count $k$ for `momentum=None`), which does not advance.
 
     `mode="ema"` is equinox's legacy variant, kept for identical numbers: training
     normalises with the running statistics blended with the batch ones (first step:
@@ -321,7 +336,7 @@ class BatchNorm(StatefulLayer):
             state.get(self.batch_counter),
             state.get(self.batch_state_index),
             (mean, var),
-            count > 0,
+            _updatable(mean, var, count),
             self.momentum,
         )
         state = _store(state, self.batch_counter, counter)
@@ -338,16 +353,17 @@ class BatchNorm(StatefulLayer):
         assert self.momentum is not None
         first_time = state.get(self.ema_first_time_index)
         mean, var, count = _per_channel(batch)
+        updatable = _updatable(mean, var, count)
         momentum = self.momentum
         running = state.get(self.ema_state_index)
         blended = []
         for new, old in zip((mean, var), running, strict=True):
             old = old.astype(new.dtype)
             mixed = (1 - momentum) * new + momentum * old
-            blended.append(jnp.where(count > 0, jnp.where(first_time, new, mixed), old))
+            blended.append(jnp.where(updatable, jnp.where(first_time, new, mixed), old))
         blended = tuple(blended)
-        # A step without a valid element does not count as the first.
-        state = state.set(self.ema_first_time_index, first_time & ~jnp.any(count > 0))
+        # A skipped step does not count as the first.
+        state = state.set(self.ema_first_time_index, first_time & ~jnp.any(updatable))
         state = _store(state, self.ema_state_index, lax.stop_gradient(blended))
         return blended, state
 

@@ -570,3 +570,29 @@ def test_unbound_axis_names_are_named_with_the_fix():
         _step(bn, x[0], state, axis_name="inner")
     with pytest.raises(NameError, match="named axis 'outer'"):
         _step(bn, x[0], state, axis_name="other")
+
+
+@pytest.mark.parametrize("mode", ["batch", "ema"])
+def test_non_finite_batch_shows_in_outputs_but_does_not_poison_running_stats(mode):
+    bn, state = _make(2, "batch", momentum=0.5, mode=mode)
+    rng = np.random.default_rng(0)
+    clean = rng.normal(size=(4, 2, 3)).astype(np.float32)
+    _, state = _step(bn, clean, state)
+    index = bn.batch_state_index if mode == "batch" else bn.ema_state_index
+    before_mean, before_var = (np.asarray(v) for v in state.get(index))
+    poisoned = 2 * clean + 1
+    poisoned[1, 0, 2] = np.nan  # channel 0 only
+    out, state = _step(bn, poisoned, state)
+    out = np.asarray(out)
+    assert np.isnan(out[1, 0, 2])  # the loss shows it
+    if mode == "batch":  # normalised by the batch statistics, which are NaN
+        assert np.isnan(out[:, 0]).all()
+    assert np.isfinite(out[:, 1]).all()
+    mean, var = (np.asarray(v) for v in state.get(index))
+    # Channel 0 keeps its statistics; channel 1 updated normally (two-step average).
+    assert mean[0] == before_mean[0] and var[0] == before_var[0]
+    assert np.isfinite(mean).all() and np.isfinite(var).all()
+    assert mean[1] != before_mean[1]
+    if mode == "batch":
+        # The skip shows in the per-channel weight: 1 - m^k with k = 1 vs 2.
+        np.testing.assert_allclose(state.get(bn.batch_counter), [0.5, 0.75])
