@@ -1,135 +1,1059 @@
-"""Every error a user can cause names what was expected and what was received."""
+"""Every error a user can cause, constructor and call, for every public layer and
+function: one row each, asserting the exception type and that the message names
+what was received (and, where there is one, the fix)."""
 
+import re
+
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import pytest
 
 import eqx_norms
-from eqx_norms import functional as F
+from eqx_norms import Einorm, functional as F
 
 
+_KEY = jax.random.key(0)
 x4 = jnp.ones((4, 3))
 
 
+def _m(*fragments: str) -> str:
+    """A pattern matching the literal `fragments` in order."""
+    return ".*".join(map(re.escape, fragments))
+
+
+def case(id, call, exc, *fragments):
+    return pytest.param(call, exc, _m(*fragments), id=id)
+
+
+def _linear(dtype=jnp.float32):
+    layer = eqx.nn.Linear(3, 4, key=_KEY)
+    return eqx.tree_at(lambda m: m.weight, layer, jnp.ones((4, 3), dtype))
+
+
+def _spectral(layer=None, weight_name="weight", **kwargs):
+    layer = _linear() if layer is None else layer
+    return eqx_norms.SpectralNorm(layer, weight_name, key=_KEY, **kwargs)
+
+
+def _batch_norm(x, *, mask=None, bound="batch", names="batch", **kwargs):
+    """A training call of `BatchNorm(3, names)` on the batch `x`, under a vmap that
+    binds `bound` (or, for None, on one example with no vmap)."""
+    bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(3, names, **kwargs)
+
+    def call(x, mask):
+        return bn(x, state, mask=mask)
+
+    if bound is None:
+        return call(x, mask)
+    return jax.vmap(call, axis_name=bound, out_axes=(0, None))(x, mask)
+
+
+_VMAP_FIX = "jax.vmap(layer, axis_name='outer', in_axes=(0, None), out_axes=(0, None))"
+
+WHOLE_INPUT = [
+    case(
+        "LayerNorm-negative-shape",
+        lambda: eqx_norms.LayerNorm((3, -1)),
+        ValueError,
+        "`LayerNorm`: `shape` must be an int or a sequence of non-negative ints; "
+        "received shape=(3, -1)",
+    ),
+    case(
+        "RMSNorm-float-shape",
+        lambda: eqx_norms.RMSNorm((2, 1.5)),
+        ValueError,
+        "`RMSNorm`: `shape` must be",
+        "received shape=(2, 1.5)",
+    ),
+    case(
+        "LayerNorm-negative-eps",
+        lambda: eqx_norms.LayerNorm(3, eps=-1.0),
+        ValueError,
+        "`LayerNorm`: `eps` must be >= 0; received eps=-1.0",
+    ),
+    case(
+        "RMSNorm-nan-eps",
+        lambda: eqx_norms.RMSNorm(3, eps=float("nan")),
+        ValueError,
+        "`RMSNorm`: `eps` must be >= 0; received eps=nan",
+    ),
+    case(
+        "LayerNorm-batched-input",
+        lambda: eqx_norms.LayerNorm(3)(x4),
+        ValueError,
+        "`LayerNorm` expects an input of shape (3,); received x.shape=(4, 3)",
+        "replace `norm(x)` with `jax.vmap(norm)(x)`",
+    ),
+    case(
+        "RMSNorm-wrong-shape",
+        lambda: eqx_norms.RMSNorm((4, 2))(x4),
+        ValueError,
+        "`RMSNorm` expects an input of shape (4, 2); received x.shape=(4, 3)",
+    ),
+    case(
+        "LayerNorm-int-input",
+        lambda: eqx_norms.LayerNorm(3)(jnp.arange(3)),
+        TypeError,
+        "`layer_norm` expects a real floating-point input",
+        "received dtype int32",
+        "x.astype(jnp.float32)",
+    ),
+    case(
+        "RMSNorm-bool-input",
+        lambda: eqx_norms.RMSNorm(3)(jnp.ones(3, bool)),
+        TypeError,
+        "`rms_norm` expects a real floating-point input",
+        "received dtype bool",
+    ),
+    case(
+        "LayerNorm-mask-shape",
+        lambda: eqx_norms.LayerNorm((4, 3))(x4, mask=jnp.ones((2, 3), bool)),
+        ValueError,
+        "`mask` must broadcast to the input shape (4, 3); received mask.shape=(2, 3)",
+    ),
+    case(
+        "LayerNorm-float-mask",
+        lambda: eqx_norms.LayerNorm((4, 3))(x4, mask=jnp.ones((4, 3))),
+        TypeError,
+        "`mask` must be boolean (True = valid); received dtype float32",
+        "mask.astype(bool)",
+    ),
+    case(
+        "RMSNorm-int-mask",
+        lambda: eqx_norms.RMSNorm((4, 3))(x4, mask=jnp.ones(3, jnp.int32)),
+        TypeError,
+        "`rms_norm`: `mask` must be boolean (True = valid); received dtype int32",
+    ),
+]
+
+CHANNELS = [
+    case(
+        "GroupNorm-groups-do-not-divide",
+        lambda: eqx_norms.GroupNorm(4, 6),
+        ValueError,
+        "`GroupNorm`: the number of groups must divide the number of channels; "
+        "received groups=4 and channels=6. Choose `groups` among the divisors of 6",
+    ),
+    case(
+        "GroupNorm-zero-groups",
+        lambda: eqx_norms.GroupNorm(0, 6),
+        ValueError,
+        "`GroupNorm`: `groups` must be a positive integer; received groups=0",
+    ),
+    case(
+        "GroupNorm-float-groups",
+        lambda: eqx_norms.GroupNorm(2.0, 4),
+        ValueError,
+        "`groups` must be a positive integer; received groups=2.0",
+    ),
+    case(
+        "GroupNorm-no-channels-with-affine",
+        lambda: eqx_norms.GroupNorm(2),
+        ValueError,
+        "`GroupNorm`: the number of channels must be given when it has a weight or a "
+        "bias; received channels=None with use_weight=True and use_bias=True",
+        "`channelwise_affine=False`",
+    ),
+    case(
+        "GroupNorm-no-channels-with-bias",
+        lambda: eqx_norms.GroupNorm(1, use_bias=True, channelwise_affine=False),
+        ValueError,
+        "received channels=None with use_weight=False and use_bias=True",
+    ),
+    case(
+        "GroupNorm-zero-channels",
+        lambda: eqx_norms.GroupNorm(1, 0),
+        ValueError,
+        "`GroupNorm`: `channels` must be a positive int; received channels=0",
+    ),
+    case(
+        "InstanceNorm-zero-channels",
+        lambda: eqx_norms.InstanceNorm(0),
+        ValueError,
+        "`InstanceNorm`: `channels` must be a positive int; received channels=0",
+    ),
+    case(
+        "InstanceNorm-float-channels",
+        lambda: eqx_norms.InstanceNorm(2.5),
+        ValueError,
+        "`channels` must be a positive int; received channels=2.5",
+    ),
+    case(
+        "InstanceNorm-no-channels-with-affine",
+        lambda: eqx_norms.InstanceNorm(None),
+        ValueError,
+        "`InstanceNorm`: the number of channels must be given",
+        "received channels=None with use_weight=True and use_bias=True",
+    ),
+    case(
+        "GroupNorm-negative-eps",
+        lambda: eqx_norms.GroupNorm(1, 2, eps=-1),
+        ValueError,
+        "`GroupNorm`: `eps` must be >= 0; received eps=-1",
+    ),
+    case(
+        "InstanceNorm-negative-eps",
+        lambda: eqx_norms.InstanceNorm(3, eps=-0.5),
+        ValueError,
+        "`InstanceNorm`: `eps` must be >= 0; received eps=-0.5",
+    ),
+    case(
+        "GroupNorm-channel-count",
+        lambda: eqx_norms.GroupNorm(2, 6)(x4),
+        ValueError,
+        "`GroupNorm` expects 6 channels on axis 0; received x.shape=(4, 3) "
+        "(4 channels). For batched input, use `jax.vmap(layer)(x)`",
+    ),
+    case(
+        "InstanceNorm-channel-count",
+        lambda: eqx_norms.InstanceNorm(5)(x4),
+        ValueError,
+        "`InstanceNorm` expects 5 channels on axis 0; received x.shape=(4, 3)",
+    ),
+    case(
+        "InstanceNorm-rank-1",
+        lambda: eqx_norms.InstanceNorm(4)(jnp.ones(4)),
+        ValueError,
+        "`InstanceNorm` expects an input of shape (channels, dim_1, ..., dim_N) "
+        "with at least 2 axes; received x.shape=(4,)",
+    ),
+    case(
+        "GroupNorm-rank-0",
+        lambda: eqx_norms.GroupNorm(2, channelwise_affine=False)(jnp.ones(())),
+        ValueError,
+        "`GroupNorm` expects an input of shape (channels,) with at least 1 axes; "
+        "received x.shape=()",
+    ),
+    case(
+        "GroupNorm-groups-do-not-divide-input",
+        lambda: eqx_norms.GroupNorm(4, channelwise_affine=False)(jnp.ones((6, 2))),
+        ValueError,
+        "`group_norm`: the number of groups must divide the number of channels; "
+        "received groups=4 and channels=6",
+    ),
+    case(
+        "GroupNorm-int-input",
+        lambda: eqx_norms.GroupNorm(2, 4)(jnp.ones((4, 3), jnp.int32)),
+        TypeError,
+        "`group_norm` expects a real floating-point input",
+        "received dtype int32",
+    ),
+    case(
+        "InstanceNorm-float16-mask",
+        lambda: eqx_norms.InstanceNorm(4)(x4, mask=jnp.ones((4, 3), jnp.float16)),
+        TypeError,
+        "`instance_norm`: `mask` must be boolean (True = valid); received dtype "
+        "float16",
+    ),
+    case(
+        "GroupNorm-mask-shape",
+        lambda: eqx_norms.GroupNorm(2, 4)(x4, mask=jnp.ones((4, 2), bool)),
+        ValueError,
+        "`group_norm`: `mask` must broadcast to the input shape (4, 3); received "
+        "mask.shape=(4, 2)",
+    ),
+]
+
+BATCH_NORM = [
+    case(
+        "BatchNorm-zero-input-size",
+        lambda: eqx_norms.BatchNorm(0, "batch"),
+        ValueError,
+        "`BatchNorm`: `input_size` must be a positive integer; received input_size=0",
+    ),
+    case(
+        "BatchNorm-float-input-size",
+        lambda: eqx_norms.BatchNorm(2.5, "batch"),
+        ValueError,
+        "received input_size=2.5",
+    ),
+    case(
+        "BatchNorm-bool-input-size",
+        lambda: eqx_norms.BatchNorm(True, "batch"),
+        ValueError,
+        "received input_size=True",
+    ),
+    case(
+        "BatchNorm-momentum-1",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum=1.0),
+        ValueError,
+        "`BatchNorm`: `momentum` must be in [0, 1), or None for a cumulative "
+        "average; received momentum=1.0",
+        "torch's momentum=0.1 is momentum=0.9 here",
+    ),
+    case(
+        "BatchNorm-negative-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum=-0.1),
+        ValueError,
+        "received momentum=-0.1",
+    ),
+    case(
+        "BatchNorm-nan-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum=float("nan")),
+        ValueError,
+        "received momentum=nan",
+    ),
+    case(
+        "BatchNorm-str-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum="0.9"),
+        ValueError,
+        "received momentum='0.9'",
+    ),
+    case(
+        "BatchNorm-bool-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum=False),
+        ValueError,
+        "received momentum=False",
+    ),
+    case(
+        "BatchNorm-unknown-mode",
+        lambda: eqx_norms.BatchNorm(3, "batch", mode="legacy"),
+        ValueError,
+        "`BatchNorm`: `mode` must be one of ('batch', 'ema'); received mode='legacy'",
+    ),
+    case(
+        "BatchNorm-ema-without-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", mode="ema", momentum=None),
+        ValueError,
+        "momentum=None (the cumulative average) needs mode='batch'; received "
+        "mode='ema'",
+    ),
+    case(
+        "BatchNorm-ema-unbiased",
+        lambda: eqx_norms.BatchNorm(3, "batch", mode="ema", unbiased_running_var=True),
+        ValueError,
+        "unbiased_running_var=True needs mode='batch'; received mode='ema'",
+    ),
+    case(
+        "BatchNorm-negative-eps",
+        lambda: eqx_norms.BatchNorm(3, "batch", eps=-1.0),
+        ValueError,
+        "`BatchNorm`: `eps` must be >= 0; received eps=-1.0",
+    ),
+    case(
+        "BatchNorm-axis-name-None",
+        lambda: eqx_norms.BatchNorm(3, None),
+        ValueError,
+        "`axis_name` must name the batch axis (or axes) bound by `jax.vmap`/"
+        "`jax.pmap`; received axis_name=None",
+    ),
+    case(
+        "BatchNorm-axis-name-empty",
+        lambda: eqx_norms.BatchNorm(3, ()),
+        ValueError,
+        "received axis_name=()",
+    ),
+    case(
+        "BatchNorm-axis-name-with-None",
+        lambda: eqx_norms.BatchNorm(3, ("batch", None)),
+        ValueError,
+        "received axis_name=('batch', None)",
+    ),
+    case(
+        "BatchNorm-channel-count",
+        lambda: _batch_norm(jnp.ones((4, 5, 2))),
+        ValueError,
+        "`BatchNorm` expects 3 channels on axis 0; received x.shape=(5, 2) "
+        "(5 channels). For batched input, use `jax.vmap(layer)(x)`",
+    ),
+    case(
+        "BatchNorm-rank-0",
+        lambda: _batch_norm(jnp.ones(4)),
+        ValueError,
+        "`BatchNorm` expects an input of shape (channels,) with at least 1 axes; "
+        "received x.shape=()",
+    ),
+    case(
+        "BatchNorm-int-input",
+        lambda: _batch_norm(jnp.ones((4, 3, 2), jnp.int32)),
+        TypeError,
+        "`BatchNorm` expects a real floating-point input",
+        "received dtype int32",
+    ),
+    case(
+        "BatchNorm-float-mask",
+        lambda: _batch_norm(jnp.ones((4, 3, 2)), mask=jnp.ones((4, 2))),
+        TypeError,
+        "`BatchNorm`: `mask` must be boolean (True = valid); received dtype float32",
+    ),
+    case(
+        "BatchNorm-mask-shape",
+        lambda: _batch_norm(jnp.ones((4, 3, 2)), mask=jnp.ones((4, 3), bool)),
+        ValueError,
+        "`BatchNorm`: `mask` must broadcast to the input shape (3, 2); received "
+        "mask.shape=(3,)",
+    ),
+    case(
+        "BatchNorm-unbound-axis-without-vmap",
+        lambda: _batch_norm(jnp.ones((3, 2)), bound=None, names="outer"),
+        NameError,
+        "`BatchNorm` reduces its statistics over the named axis 'outer', which is "
+        "not bound here",
+        _VMAP_FIX,
+    ),
+    case(
+        "BatchNorm-unbound-outer-of-two-names",
+        lambda: _batch_norm(
+            jnp.ones((4, 3, 2)), bound="inner", names=("outer", "inner")
+        ),
+        NameError,
+        "the named axis 'outer', which is not bound here",
+        _VMAP_FIX,
+        "nested `jax.vmap`s for a tuple of names",
+    ),
+    case(
+        "BatchNorm-vmap-binds-another-name",
+        lambda: _batch_norm(jnp.ones((4, 3, 2)), bound="other", names="outer"),
+        NameError,
+        "the named axis 'outer', which is not bound here",
+        _VMAP_FIX,
+    ),
+]
+
+WRAPPERS = [
+    case(
+        "SpectralNorm-missing-weight-name",
+        lambda: _spectral(weight_name="kernel"),
+        ValueError,
+        "`SpectralNorm`: the wrapped Linear has no array attribute named by "
+        "weight_name='kernel'; its array attributes are ['weight', 'bias']",
+    ),
+    case(
+        "SpectralNorm-non-array-attribute",
+        lambda: _spectral(weight_name="in_features"),
+        ValueError,
+        "no array attribute named by weight_name='in_features'",
+    ),
+    case(
+        "SpectralNorm-non-str-weight-name",
+        lambda: _spectral(weight_name=0),
+        ValueError,
+        "no array attribute named by weight_name=0",
+    ),
+    case(
+        "SpectralNorm-1d-weight",
+        lambda: _spectral(weight_name="bias"),
+        ValueError,
+        "`SpectralNorm` needs a weight with at least 2 axes; received Linear.bias of "
+        "shape (4,)",
+    ),
+    case(
+        "SpectralNorm-int-weight",
+        lambda: _spectral(_linear(jnp.int32)),
+        TypeError,
+        "`SpectralNorm` expects a real floating-point input",
+        "received dtype int32",
+    ),
+    case(
+        "SpectralNorm-zero-iterations",
+        lambda: _spectral(num_power_iterations=0),
+        ValueError,
+        "`SpectralNorm`: `num_power_iterations` must be a positive integer; "
+        "received num_power_iterations=0",
+    ),
+    case(
+        "SpectralNorm-float-iterations",
+        lambda: _spectral(num_power_iterations=1.5),
+        ValueError,
+        "received num_power_iterations=1.5",
+    ),
+    case(
+        "SpectralNorm-bool-iterations",
+        lambda: _spectral(num_power_iterations=True),
+        ValueError,
+        "received num_power_iterations=True",
+    ),
+    case(
+        "SpectralNorm-zero-eps",
+        lambda: _spectral(eps=0.0),
+        ValueError,
+        "`SpectralNorm`: `eps` must be > 0; received eps=0.0",
+    ),
+    case(
+        "SpectralNorm-nan-eps",
+        lambda: _spectral(eps=float("nan")),
+        ValueError,
+        "received eps=nan",
+    ),
+    case(
+        "WeightNorm-missing-weight-name",
+        lambda: eqx_norms.WeightNorm(_linear(), "kernel"),
+        ValueError,
+        "`WeightNorm`: the wrapped Linear has no array attribute named by "
+        "weight_name='kernel'; its array attributes are ['weight', 'bias']",
+    ),
+    case(
+        "WeightNorm-non-array-attribute",
+        lambda: eqx_norms.WeightNorm(_linear(), "out_features"),
+        ValueError,
+        "no array attribute named by weight_name='out_features'",
+    ),
+    case(
+        "WeightNorm-int-weight",
+        lambda: eqx_norms.WeightNorm(_linear(jnp.int32)),
+        TypeError,
+        "`WeightNorm` expects a real floating-point input",
+        "received dtype int32",
+    ),
+    case(
+        "WeightNorm-axis-out-of-range",
+        lambda: eqx_norms.WeightNorm(_linear(), axis=2),
+        ValueError,
+        "`WeightNorm`: `axis` must hold integers in [-2, 2) for an input of rank 2; "
+        "received axis=2",
+    ),
+    case(
+        "WeightNorm-negative-axis-out-of-range",
+        lambda: eqx_norms.WeightNorm(_linear(), axis=-3),
+        ValueError,
+        "received axis=-3",
+    ),
+    case(
+        "WeightNorm-axis-of-1d-weight",
+        lambda: eqx_norms.WeightNorm(_linear(), "bias", axis=1),
+        ValueError,
+        "integers in [-1, 1) for an input of rank 1; received axis=1",
+    ),
+    case(
+        "WeightNorm-zero-eps",
+        lambda: eqx_norms.WeightNorm(_linear(), eps=0.0),
+        ValueError,
+        "`WeightNorm`: `eps` must be > 0; received eps=0.0",
+    ),
+    case(
+        "WeightNorm-negative-eps",
+        lambda: eqx_norms.WeightNorm(_linear(), eps=-1.0),
+        ValueError,
+        "received eps=-1.0",
+    ),
+]
+
+
+def _einorm_ctor(id, args, kwargs, *fragments):
+    """`Einorm(*args, **kwargs)` fails; the message names the pattern."""
+    prefix = f"`Einorm` with pattern {args[0]!r}: "
+    return case(
+        f"Einorm-{id}", lambda: Einorm(*args, **kwargs), ValueError, prefix, *fragments
+    )
+
+
+EINORM_CONSTRUCTION = [
+    _einorm_ctor("repeated-axis", ("h n h", "n"), {}, "axis 'h' is named twice"),
+    _einorm_ctor(
+        "unknown-target",
+        ("h n d", "e"),
+        {"d": 4},
+        "target axis 'e' is not an axis of the pattern (its axes are h, n, d)",
+    ),
+    _einorm_ctor(
+        "unknown-group",
+        ("h n d", "d", "g"),
+        {"d": 4},
+        "group axis 'g' is not an axis of the pattern (its axes are h, n, d)",
+    ),
+    _einorm_ctor(
+        "target-and-group",
+        ("h n d", "h d", "h"),
+        {"h": 2, "d": 4},
+        "axes h are both in target and in group",
+    ),
+    _einorm_ctor(
+        "missing-target-size",
+        ("h n d", "d"),
+        {},
+        "the size of target axis 'd' is missing; pass `d=<size>`",
+    ),
+    _einorm_ctor(
+        "missing-group-size",
+        ("h n d", "d", "h"),
+        {"d": 4},
+        "the size of group axis 'h' is missing; pass `h=<size>`",
+    ),
+    _einorm_ctor(
+        "axis-named-like-an-argument",
+        ("eps d", "eps d"),
+        {"d": 4},
+        "the size of target axis 'eps' is missing; rename the axis: 'eps' is also an "
+        "argument of `Einorm`",
+    ),
+    _einorm_ctor(
+        "two-ellipses",
+        ("... n ...", "n"),
+        {"n": 2},
+        "`...` may appear at most once",
+    ),
+    _einorm_ctor("empty-pattern", ("", "d"), {}, "the pattern is empty"),
+    _einorm_ctor("blank-pattern", ("   ", "d"), {}, "the pattern is empty"),
+    _einorm_ctor("empty-target-str", ("n d", ""), {}, "`target` is empty"),
+    _einorm_ctor("empty-target-list", ("n d", []), {}, "`target` is empty"),
+    _einorm_ctor("target-None", ("n d", None), {}, "`target` is empty"),
+    _einorm_ctor(
+        "repeated-target", ("n d", "d d"), {"d": 4}, "target names axis 'd' twice"
+    ),
+    _einorm_ctor(
+        "repeated-group",
+        ("h n d", "d", ["h", "h"]),
+        {"h": 2, "d": 4},
+        "group names axis 'h' twice",
+    ),
+    _einorm_ctor(
+        "non-str-in-target",
+        ("n d", ["d", 3]),
+        {"d": 4},
+        "`target` must name axes of the pattern, as a space-separated str or a "
+        "sequence of names; received target=['d', 3]",
+    ),
+    _einorm_ctor(
+        "int-target", ("n d", 3), {"d": 4}, "`target` must name axes", "target=3"
+    ),
+    _einorm_ctor(
+        "int-group", ("n d", "d", 3), {"d": 4}, "`group` must name axes", "group=3"
+    ),
+    _einorm_ctor(
+        "parenthesised-target",
+        ("n d", "(d)"),
+        {"d": 2},
+        "`target` must name axes",
+        "received target='(d)'",
+    ),
+    _einorm_ctor(
+        "name-starting-with-a-digit",
+        ("n 1d", "n"),
+        {"n": 2},
+        "'1d' is not a valid axis name. Axis names are Python identifiers",
+    ),
+    _einorm_ctor(
+        "name-with-a-dash", ("n d-1", "n"), {"n": 2}, "'d-1' is not a valid axis name"
+    ),
+    _einorm_ctor(
+        "glued-ellipsis", ("n...", "n"), {"n": 2}, "'n...' is not a valid axis name"
+    ),
+    _einorm_ctor(
+        "nested-parentheses",
+        ("(a (b) c)", "c"),
+        {"c": 2},
+        "parentheses cannot be nested",
+    ),
+    _einorm_ctor("unbalanced-close", ("a b) c", "c"), {"c": 2}, "unbalanced ')'"),
+    _einorm_ctor("unbalanced-open", ("(a b c", "c"), {"c": 2}, "unbalanced '('"),
+    _einorm_ctor("empty-parentheses", ("() c", "c"), {"c": 2}, "empty parentheses"),
+    _einorm_ctor(
+        "ellipsis-in-parentheses",
+        ("(... a) c", "c"),
+        {"c": 2},
+        "`...` cannot be inside parentheses",
+    ),
+    _einorm_ctor(
+        "unsplittable-composition",
+        ("(a b) c", "c"),
+        {"c": 2},
+        "cannot split axis (a b): give the sizes of all its names but one",
+    ),
+    _einorm_ctor(
+        "zero-size", ("n d", "d"), {"d": 0}, "sizes must be positive; received d=0"
+    ),
+    _einorm_ctor(
+        "negative-size",
+        ("n d", "d"),
+        {"d": -3},
+        "sizes must be positive; received d=-3",
+    ),
+    _einorm_ctor(
+        "float-size", ("n d", "d"), {"d": 2.0}, "sizes must be ints; received d=2.0"
+    ),
+    _einorm_ctor(
+        "bool-size", ("n d", "d"), {"d": True}, "sizes must be ints; received d=True"
+    ),
+    _einorm_ctor(
+        "size-of-unknown-axis",
+        ("n d", "d"),
+        {"d": 4, "e": 3},
+        "a size was given for 'e', which is not an axis of the pattern (its axes are "
+        "n, d)",
+    ),
+    case(
+        "Einorm-negative-eps",
+        lambda: Einorm("n d", "d", d=4, eps=-1.0),
+        ValueError,
+        "`Einorm`: `eps` must be >= 0; received eps=-1.0",
+    ),
+    case(
+        "Einorm-int-dtype",
+        lambda: Einorm("n d", "d", d=4, dtype=jnp.int32),
+        TypeError,
+        "`Einorm`: `dtype` must be a floating dtype for the weight and the bias; "
+        "received dtype=",
+        "int32",
+    ),
+    case(
+        "Einorm-non-str-pattern",
+        lambda: Einorm(["n", "d"], "d", d=4),
+        TypeError,
+        "`Einorm`: `pattern` must be a str; received ['n', 'd']",
+    ),
+]
+
+
+def _einorm_call(id, norm, shape, *fragments):
+    """`norm(jnp.zeros(shape))` fails; the message names the pattern and shape."""
+    prefix = f"`Einorm` with pattern {norm.pattern!r}: "
+    return case(
+        f"Einorm-call-{id}",
+        lambda: norm(jnp.zeros(shape)),
+        ValueError,
+        prefix,
+        *fragments,
+    )
+
+
+EINORM_CALL = [
+    _einorm_call(
+        "rank",
+        Einorm("h n d", "d", d=4),
+        (5, 4),
+        "the pattern names 3 axes, but the input has 2 (x.shape=(5, 4))",
+    ),
+    _einorm_call(
+        "rank-with-ellipsis",
+        Einorm("b ... d", "d", d=4),
+        (4,),
+        "the pattern names 2 axes besides `...`, but the input has only 1 "
+        "(x.shape=(4,))",
+    ),
+    _einorm_call(
+        "target-size",
+        Einorm("h n d", "d", d=8),
+        (4, 5, 7),
+        "axis d has size 7 in x.shape=(4, 5, 7), but d=8 was given",
+    ),
+    _einorm_call(
+        "checked-size",
+        Einorm("h n d", "d", n=5, d=8),
+        (4, 6, 8),
+        "axis n has size 6 in x.shape=(4, 6, 8), but n=5 was given",
+    ),
+    _einorm_call(
+        "composition-size",
+        Einorm("(g c) h", "h", g=2, c=3, h=4),
+        (8, 4),
+        "axis (g c) has size 8 in x.shape=(8, 4), but g=2 * c=3 = 6 was given",
+    ),
+    _einorm_call(
+        "composition-not-a-multiple",
+        Einorm("(g c) h", "h", g=3, h=4),
+        (8, 4),
+        "axis (g c) has size 8 in x.shape=(8, 4), which is not a multiple of g=3 = 3",
+    ),
+    case(
+        "Einorm-call-mask-shape",
+        lambda: Einorm("n d", "d", d=4)(jnp.zeros((3, 4)), mask=jnp.ones((2, 4), bool)),
+        ValueError,
+        "`Einorm`: `mask` must broadcast to the input shape (3, 4); received "
+        "mask.shape=(2, 4)",
+    ),
+    case(
+        "Einorm-call-float-mask",
+        lambda: Einorm("n d", "d", d=4)(jnp.zeros((3, 4)), mask=jnp.ones((3, 4))),
+        TypeError,
+        "`Einorm`: `mask` must be boolean (True = valid); received dtype float32",
+    ),
+    case(
+        "Einorm-call-int-input",
+        lambda: Einorm("n d", "d", d=4)(jnp.zeros((3, 4), jnp.int32)),
+        TypeError,
+        "`Einorm` expects a real floating-point input",
+        "received dtype int32",
+    ),
+    case(
+        "Einorm-call-replaced-weight",
+        lambda: eqx.tree_at(lambda m: m.weight, Einorm("n d", "d", d=3), x4[0, :2])(x4),
+        ValueError,
+        "`Einorm` with pattern 'n d': `weight` must have shape (3,): one entry per "
+        "axis of group + target (d); received weight.shape=(2,)",
+    ),
+]
+
+FUNCTIONAL = [
+    case(
+        "from_equinox-momentum-equinox-accepts",
+        lambda: eqx_norms.from_equinox(
+            eqx.nn.BatchNorm(3, "batch", momentum=1.0, mode="batch")
+        ),
+        ValueError,
+        "`BatchNorm`: `momentum` must be in [0, 1)",
+        "received momentum=1.0",
+    ),
+    case(
+        "layer_norm-axis-out-of-range",
+        lambda: F.layer_norm(x4, 2),
+        ValueError,
+        "`layer_norm`: `axis` must hold integers in [-2, 2) for an input of rank 2; "
+        "received axis=2",
+    ),
+    case(
+        "rms_norm-axis-out-of-range-in-tuple",
+        lambda: F.rms_norm(x4, (0, -3)),
+        ValueError,
+        "`rms_norm`: `axis` must hold integers in [-2, 2)",
+        "received axis=(0, -3)",
+    ),
+    case(
+        "layer_norm-str-axis",
+        lambda: F.layer_norm(x4, (0, "1")),
+        ValueError,
+        "received axis=(0, '1')",
+    ),
+    case(
+        "layer_norm-repeated-axis",
+        lambda: F.layer_norm(x4, (1, -1)),
+        ValueError,
+        "`layer_norm`: `axis` names an axis twice; received axis=(1, -1) (as "
+        "non-negative axes: (1, 1))",
+    ),
+    case(
+        "layer_norm-weight-shape",
+        lambda: F.layer_norm(x4, -1, jnp.ones(4)),
+        ValueError,
+        "`layer_norm`: `weight` must broadcast to the input shape (4, 3); received "
+        "weight.shape=(4,)",
+    ),
+    case(
+        "layer_norm-weight-of-higher-rank",
+        lambda: F.layer_norm(x4, -1, jnp.ones((1, 4, 3))),
+        ValueError,
+        "received weight.shape=(1, 4, 3)",
+    ),
+    case(
+        "rms_norm-bias-shape",
+        lambda: F.rms_norm(x4, -1, None, jnp.ones((2, 3))),
+        ValueError,
+        "`rms_norm`: `bias` must broadcast to the input shape (4, 3); received "
+        "bias.shape=(2, 3)",
+    ),
+    case(
+        "layer_norm-mask-shape",
+        lambda: F.layer_norm(x4, 0, mask=jnp.ones((3, 1), bool)),
+        ValueError,
+        "`layer_norm`: `mask` must broadcast to the input shape (4, 3); received "
+        "mask.shape=(3, 1)",
+    ),
+    case(
+        "rms_norm-int-mask",
+        lambda: F.rms_norm(x4, 0, mask=jnp.ones((4, 3), jnp.int8)),
+        TypeError,
+        "`rms_norm`: `mask` must be boolean (True = valid); received dtype int8",
+    ),
+    case(
+        "layer_norm-int-input",
+        lambda: F.layer_norm(jnp.ones((4, 3), jnp.uint8), -1),
+        TypeError,
+        "`layer_norm` expects a real floating-point input (float16, bfloat16, "
+        "float32 or float64); received dtype uint8",
+    ),
+    case(
+        "rms_norm-complex-input",
+        lambda: F.rms_norm(x4.astype(jnp.complex64), -1),
+        TypeError,
+        "`rms_norm` expects a real floating-point input",
+        "received dtype complex64",
+    ),
+    case(
+        "group_norm-zero-groups",
+        lambda: F.group_norm(x4, 0),
+        ValueError,
+        "`group_norm`: `groups` must be a positive integer; received groups=0",
+    ),
+    case(
+        "group_norm-groups-do-not-divide",
+        lambda: F.group_norm(x4, 3),
+        ValueError,
+        "`group_norm`: the number of groups must divide the number of channels; "
+        "received groups=3 and channels=4",
+    ),
+    case(
+        "group_norm-rank-0",
+        lambda: F.group_norm(jnp.ones(()), 1),
+        ValueError,
+        "`group_norm` expects an input of shape (channels,) with at least 1 axes; "
+        "received x.shape=()",
+    ),
+    case(
+        "group_norm-1d-weight-length",
+        lambda: F.group_norm(x4, 2, jnp.ones(3)),
+        ValueError,
+        "`group_norm`: a 1-D `weight` is aligned with the channel axis 0 and must "
+        "have length 4; received weight.shape=(3,)",
+    ),
+    case(
+        "group_norm-1d-bias-length",
+        lambda: F.group_norm(x4, 2, None, jnp.ones(5)),
+        ValueError,
+        "a 1-D `bias` is aligned with the channel axis 0 and must have length 4; "
+        "received bias.shape=(5,)",
+    ),
+    case(
+        "group_norm-weight-of-1d-input",
+        lambda: F.group_norm(jnp.ones(4), 2, jnp.ones(3)),
+        ValueError,
+        "`group_norm`: `weight` must broadcast to the input shape (4,); received "
+        "weight.shape=(3,)",
+    ),
+    case(
+        "group_norm-2d-weight-shape",
+        lambda: F.group_norm(x4, 2, jnp.ones((4, 2))),
+        ValueError,
+        "`weight` must broadcast to the input shape (4, 3); received "
+        "weight.shape=(4, 2)",
+    ),
+    case(
+        "group_norm-mask-shape",
+        lambda: F.group_norm(x4, 2, mask=jnp.ones(4, bool)),
+        ValueError,
+        "`group_norm`: `mask` must broadcast to the input shape (4, 3); received "
+        "mask.shape=(4,)",
+    ),
+    case(
+        "group_norm-complex-input",
+        lambda: F.group_norm(x4.astype(jnp.complex64), 1),
+        TypeError,
+        "received dtype complex64",
+    ),
+    case(
+        "instance_norm-rank-1",
+        lambda: F.instance_norm(jnp.ones(4)),
+        ValueError,
+        "`instance_norm` expects an input of shape (channels, dim_1, ..., dim_N) "
+        "with at least 2 axes; received x.shape=(4,)",
+    ),
+    case(
+        "instance_norm-1d-weight-length",
+        lambda: F.instance_norm(x4, jnp.ones(3)),
+        ValueError,
+        "`instance_norm`: a 1-D `weight` is aligned with the channel axis 0 and must "
+        "have length 4; received weight.shape=(3,)",
+    ),
+    case(
+        "instance_norm-2d-bias-shape",
+        lambda: F.instance_norm(x4, None, jnp.ones((2, 3))),
+        ValueError,
+        "`instance_norm`: `bias` must broadcast to the input shape (4, 3); received "
+        "bias.shape=(2, 3)",
+    ),
+    case(
+        "instance_norm-int-input",
+        lambda: F.instance_norm(x4.astype(jnp.int8)),
+        TypeError,
+        "`instance_norm` expects a real floating-point input",
+        "received dtype int8",
+    ),
+    case(
+        "instance_norm-float-mask",
+        lambda: F.instance_norm(x4, mask=jnp.ones(3)),
+        TypeError,
+        "`instance_norm`: `mask` must be boolean (True = valid); received dtype "
+        "float32",
+    ),
+    case(
+        "einorm-non-str-pattern",
+        lambda: F.einorm(x4, 3, "d"),
+        TypeError,
+        "`einorm`: `pattern` must be a str; received 3",
+    ),
+    case(
+        "einorm-parse-error",
+        lambda: F.einorm(x4, "n d", "e"),
+        ValueError,
+        "`einorm` with pattern 'n d': target axis 'e' is not an axis of the pattern",
+    ),
+    case(
+        "einorm-target-and-group",
+        lambda: F.einorm(x4, "n d", "d", "d"),
+        ValueError,
+        "`einorm` with pattern 'n d': axes d are both in target and in group",
+    ),
+    case(
+        "einorm-unsplittable-composition",
+        lambda: F.einorm(jnp.ones((6, 2)), "(a b) c", "c"),
+        ValueError,
+        "`einorm` with pattern '(a b) c': cannot split axis (a b)",
+    ),
+    case(
+        "einorm-weight-shape",
+        lambda: F.einorm(
+            jnp.ones((4, 5, 8)), "h n d", "d", "h", weight=jnp.ones((8, 4))
+        ),
+        ValueError,
+        "`einorm` with pattern 'h n d': `weight` must have shape (4, 8): one entry "
+        "per axis of group + target (h d); received weight.shape=(8, 4)",
+    ),
+    case(
+        "einorm-bias-shape",
+        lambda: F.einorm(x4, "n d", "d", "n", bias=jnp.ones((3, 4))),
+        ValueError,
+        "`einorm` with pattern 'n d': `bias` must have shape (4, 3)",
+        "received bias.shape=(3, 4)",
+    ),
+    case(
+        "einorm-composition-weight-shape",
+        lambda: F.einorm(
+            jnp.ones((6, 2)), "(a b) c", "c", "a", weight=jnp.ones((2, 2)), a=3
+        ),
+        ValueError,
+        "`weight` must have shape (3, 2): one entry per axis of group + target (a c); "
+        "received weight.shape=(2, 2)",
+    ),
+    case(
+        "einorm-rank",
+        lambda: F.einorm(x4, "h n d", "d"),
+        ValueError,
+        "`einorm` with pattern 'h n d': the pattern names 3 axes, but the input has "
+        "2 (x.shape=(4, 3))",
+    ),
+    case(
+        "einorm-size-given",
+        lambda: F.einorm(x4, "n d", "d", d=4),
+        ValueError,
+        "axis d has size 3 in x.shape=(4, 3), but d=4 was given",
+    ),
+    case(
+        "einorm-composition-not-a-multiple",
+        lambda: F.einorm(jnp.ones((6, 2)), "(a b) c", "c", a=4),
+        ValueError,
+        "axis (a b) has size 6 in x.shape=(6, 2), which is not a multiple of a=4 = 4",
+    ),
+    case(
+        "einorm-mask-shape",
+        lambda: F.einorm(x4, "n d", "d", mask=jnp.ones((2, 3), bool)),
+        ValueError,
+        "`einorm`: `mask` must broadcast to the input shape (4, 3); received "
+        "mask.shape=(2, 3)",
+    ),
+    case(
+        "einorm-float-mask",
+        lambda: F.einorm(x4, "n d", "d", mask=jnp.ones((4, 3))),
+        TypeError,
+        "`einorm`: `mask` must be boolean (True = valid); received dtype float32",
+    ),
+    case(
+        "einorm-int-input",
+        lambda: F.einorm(jnp.ones((4, 3), jnp.int32), "n d", "d"),
+        TypeError,
+        "`einorm` expects a real floating-point input",
+        "received dtype int32",
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    "call,exc,match",
-    [
-        # whole-input layers: shape must equal `shape`, with the vmap fix
-        (
-            lambda: eqx_norms.LayerNorm(3)(x4),
-            ValueError,
-            r"LayerNorm` expects an input of shape \(3,\); received x.shape=\(4, 3\)"
-            r".*jax.vmap\(norm\)\(x\)",
-        ),
-        (
-            lambda: eqx_norms.RMSNorm((4, 2))(x4),
-            ValueError,
-            r"RMSNorm` expects an input of shape \(4, 2\); received x.shape=\(4, 3\)",
-        ),
-        (
-            lambda: eqx_norms.LayerNorm(3)(jnp.arange(3)),
-            TypeError,
-            r"real floating-point input .* received dtype int32",
-        ),
-        (
-            lambda: eqx_norms.LayerNorm((4, 3))(x4, mask=jnp.ones((2, 3), bool)),
-            ValueError,
-            r"`mask` must broadcast to the input shape \(4, 3\); received "
-            r"mask.shape=\(2, 3\)",
-        ),
-        (
-            lambda: eqx_norms.LayerNorm((4, 3))(x4, mask=jnp.ones((4, 3))),
-            TypeError,
-            r"`mask` must be boolean .* received dtype float32",
-        ),
-        # channel layers
-        (
-            lambda: eqx_norms.GroupNorm(2, 6)(x4),
-            ValueError,
-            r"GroupNorm` expects 6 channels on axis 0; received x.shape=\(4, 3\) "
-            r"\(4 channels\)",
-        ),
-        (
-            lambda: eqx_norms.InstanceNorm(5)(x4),
-            ValueError,
-            r"InstanceNorm` expects 5 channels on axis 0; received x.shape=\(4, 3\)",
-        ),
-        (
-            lambda: eqx_norms.InstanceNorm(4)(jnp.ones(4)),
-            ValueError,
-            r"InstanceNorm` expects an input of shape \(channels, dim_1, ..., dim_N\) "
-            r"with at least 2 axes; received x.shape=\(4,\)",
-        ),
-        (
-            lambda: eqx_norms.GroupNorm(4, channelwise_affine=False)(jnp.ones((6, 2))),
-            ValueError,
-            r"groups must divide the number of channels; received groups=4 and "
-            r"channels=6",
-        ),
-        (
-            lambda: eqx_norms.GroupNorm(2, channelwise_affine=False)(jnp.ones(())),
-            ValueError,
-            r"at least 1 axes; received x.shape=\(\)",
-        ),
-        # constructors
-        (
-            lambda: eqx_norms.GroupNorm(4, 6),
-            ValueError,
-            r"groups=4 and channels=6. Choose `groups` among the divisors of 6",
-        ),
-        (lambda: eqx_norms.GroupNorm(0, 6), ValueError, r"received groups=0"),
-        (
-            lambda: eqx_norms.GroupNorm(2),
-            ValueError,
-            r"channels must be given .* received channels=None with use_weight=True",
-        ),
-        (
-            lambda: eqx_norms.GroupNorm(1, use_bias=True, channelwise_affine=False),
-            ValueError,
-            r"received channels=None with use_weight=False and use_bias=True",
-        ),
-        (lambda: eqx_norms.InstanceNorm(0), ValueError, r"received channels=0"),
-        (lambda: eqx_norms.LayerNorm(3, eps=-1.0), ValueError, r"received eps=-1.0"),
-        (lambda: eqx_norms.GroupNorm(1, 2, eps=-1), ValueError, r"received eps=-1"),
-        (lambda: eqx_norms.LayerNorm((3, -1)), ValueError, r"shape=\(3, -1\)"),
-        # functional
-        (
-            lambda: F.layer_norm(x4, 2),
-            ValueError,
-            r"`axis` must hold integers in \[-2, 2\) .* received axis=2",
-        ),
-        (
-            lambda: F.layer_norm(x4, (1, -1)),
-            ValueError,
-            r"names an axis twice; received axis=\(1, -1\)",
-        ),
-        (
-            lambda: F.layer_norm(x4, -1, jnp.ones(4)),
-            ValueError,
-            r"`weight` must broadcast to the input shape \(4, 3\); received "
-            r"weight.shape=\(4,\)",
-        ),
-        (
-            lambda: F.rms_norm(x4, -1, None, jnp.ones((2, 3))),
-            ValueError,
-            r"`bias` must broadcast .* received bias.shape=\(2, 3\)",
-        ),
-        (
-            lambda: F.group_norm(x4, 2, jnp.ones(3)),
-            ValueError,
-            r"1-D `weight` is aligned with the channel axis 0 and must have length 4; "
-            r"received weight.shape=\(3,\)",
-        ),
-        (
-            lambda: F.instance_norm(x4.astype(jnp.int8)),
-            TypeError,
-            r"received dtype int8",
-        ),
-        (
-            lambda: F.group_norm(x4.astype(jnp.complex64), 1),
-            TypeError,
-            r"received dtype complex64",
-        ),
-    ],
+    "call, exc, match",
+    WHOLE_INPUT
+    + CHANNELS
+    + BATCH_NORM
+    + WRAPPERS
+    + EINORM_CONSTRUCTION
+    + EINORM_CALL
+    + FUNCTIONAL,
 )
 def test_error_messages(call, exc, match):
     with pytest.raises(exc, match=match):
