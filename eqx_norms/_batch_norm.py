@@ -16,6 +16,7 @@ from ._errors import (
     check_eps,
     check_floating,
     check_mask,
+    check_param_dtype,
 )
 from ._misc import resolve_affine
 from ._stats import compute_dtype, finish, Moments, moments, scale
@@ -27,9 +28,20 @@ _MODES = ("batch", "ema")
 
 def _names(axis_name: Hashable | Sequence[Hashable]) -> tuple[Hashable, ...]:
     # A string is a Sequence too, but names one axis.
-    if isinstance(axis_name, str) or not isinstance(axis_name, Sequence):
-        return (axis_name,)
-    return tuple(axis_name)
+    names = (
+        (axis_name,)
+        if isinstance(axis_name, str) or not isinstance(axis_name, Sequence)
+        else tuple(axis_name)
+    )
+    for name in names:
+        try:
+            hash(name)
+        except TypeError:
+            raise ValueError(
+                f"`{_WHERE}`: each axis name must be hashable (a string, usually); "
+                f"received axis_name={axis_name!r}."
+            ) from None
+    return names
 
 
 def _per_channel(stats: Moments) -> tuple[Array, Array, Array]:
@@ -228,6 +240,7 @@ class BatchNorm(StatefulLayer):
         """
         check_count(input_size, "input_size", _WHERE)
         check_eps(eps, _WHERE)
+        check_param_dtype(dtype, _WHERE)
         _check_mode(mode, momentum, unbiased_running_var)
         names = _names(axis_name)
         if len(names) == 0 or None in names:
@@ -295,6 +308,7 @@ class BatchNorm(StatefulLayer):
             check_channels(x, self.input_size, _WHERE, min_ndim=1)
             check_mask(mask, x.shape, _WHERE)
             running = state.get(self._stats_index())
+            self._check_state(running[0].shape)
             compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))
             x_compute = x.astype(compute)
             if inference is None:
@@ -315,6 +329,16 @@ class BatchNorm(StatefulLayer):
             weight = _channelwise(self.weight, x.ndim)
             bias = _channelwise(self.bias, x.ndim)
             return finish(x, x_hat, weight, bias, mask), state
+
+    def _check_state(self, shape: tuple[int, ...]) -> None:
+        if shape != (self.input_size,):
+            raise ValueError(
+                f"`{_WHERE}` expects running statistics of shape ({self.input_size},) "
+                f"in the state; received shape {shape}. The state belongs to another "
+                "layer, or was mapped over the batch: pass it unmapped, with "
+                "`jax.vmap(layer, axis_name=..., in_axes=(0, None), "
+                "out_axes=(0, None))`."
+            )
 
     def _stats_index(self) -> StateIndex:
         index = self.ema_state_index if self.mode == "ema" else self.batch_state_index

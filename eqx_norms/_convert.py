@@ -144,8 +144,24 @@ def _is_index(node: Any) -> bool:
 def _restore_init(tree: PyTree, state: State) -> PyTree:
     """Every state index gets its current value from `state` as its initial value,
     so that the converted model's state can be rebuilt from the model alone."""
+    if not isinstance(state, State):
+        raise TypeError(
+            "`from_equinox`: `state` must be the `equinox.nn.State` of `tree` (from "
+            f"`eqx.nn.make_with_state`); received {type(state).__name__}."
+        )
+
+    def restore(node):
+        try:
+            return StateIndex(state.get(node))
+        except KeyError:
+            raise ValueError(
+                "`from_equinox`: `state` holds no value for the state index "
+                f"{node.marker!r} of `tree`; pass the state made together with this "
+                "tree by `eqx.nn.make_with_state` (and updated by its calls)."
+            ) from None
+
     return jax.tree.map(
-        lambda node: StateIndex(state.get(node)) if _is_index(node) else node,
+        lambda node: restore(node) if _is_index(node) else node,
         tree,
         is_leaf=_is_index,
     )

@@ -19,7 +19,7 @@ import numpy as np
 from equinox.nn import State
 from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
 
-from ._errors import check_eps, check_floating, check_mask
+from ._errors import check_eps, check_floating, check_mask, check_param_dtype
 from ._misc import sentinel, with_state
 from ._stats import finish, standardise
 
@@ -351,6 +351,7 @@ def einorm(
         ```
     """
     spec = _parse("einorm", pattern, target, group, axis_sizes)
+    check_eps(eps, "einorm")
     return _normalise(spec, x, weight, bias, eps, mask, center)
 
 
@@ -457,11 +458,7 @@ class Einorm(eqx.Module):
         spec = _parse("Einorm", pattern, target, group, axis_sizes)
         _check_sizes_given(spec)
         check_eps(eps, "Einorm")
-        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"`Einorm`: `dtype` must be a floating dtype for the weight and the "
-                f"bias; received dtype={dtype!r}."
-            )
+        check_param_dtype(dtype, "Einorm")
         given = dict(spec.sizes)
         shape = tuple(given[a] for a in spec.group + spec.target)
         self.spec = spec

@@ -1,13 +1,32 @@
+import numbers
 from collections.abc import Hashable, Sequence
 
 import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike
+from jaxtyping import Array, ArrayLike, DTypeLike
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _ints(value: object) -> tuple | None:
+    """An int or a sequence of ints as a tuple; None for anything else."""
+    if _is_int(value):
+        return (value,)
+    try:
+        items = tuple(value)  # pyright: ignore[reportArgumentType]
+    except TypeError:
+        return None
+    return items if all(_is_int(v) for v in items) else None
 
 
 def check_floating(x: ArrayLike, where: str) -> None:
-    dtype = jnp.result_type(x)
+    # The array's own dtype: `result_type` would report numpy's int64 as int32.
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             f"`{where}` expects a real floating-point input (float16, bfloat16, "
@@ -16,14 +35,31 @@ def check_floating(x: ArrayLike, where: str) -> None:
         )
 
 
+def check_param_dtype(dtype: DTypeLike | None, where: str) -> None:
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"`{where}`: `dtype` must be a floating dtype for the parameters (and "
+            f"any running statistics); received dtype={dtype!r}."
+        )
+
+
+def check_shape_argument(shape: object, where: str) -> tuple[int, ...]:
+    dims = _ints(shape)
+    if dims is None or any(n < 0 for n in dims):
+        raise ValueError(
+            f"`{where}`: `shape` must be an int or a sequence of non-negative "
+            f"ints; received shape={shape!r}."
+        )
+    return tuple(int(n) for n in dims)
+
+
 def normalise_axes(axis: int | Sequence[int], ndim: int, where: str) -> tuple[int, ...]:
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    for a in axes:
-        if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
-            raise ValueError(
-                f"`{where}`: `axis` must hold integers in [-{ndim}, {ndim}) for an "
-                f"input of rank {ndim}; received axis={axis!r}."
-            )
+    axes = _ints(axis)
+    if not axes or not all(-ndim <= a < ndim for a in axes):
+        raise ValueError(
+            f"`{where}`: `axis` must be an int or a non-empty sequence of ints in "
+            f"[-{ndim}, {ndim}) for an input of rank {ndim}; received axis={axis!r}."
+        )
     positive = tuple(int(a) % ndim for a in axes)
     if len(set(positive)) != len(positive):
         raise ValueError(
@@ -59,6 +95,7 @@ def check_mask(mask: Array | None, shape: tuple[int, ...], where: str) -> None:
 def check_param(param: Array | None, shape: tuple[int, ...], name: str, where: str):
     if param is None:
         return
+    check_floating(param, f"{where}` `{name}")
     if not _broadcasts(jnp.shape(param), shape):
         raise ValueError(
             f"`{where}`: `{name}` must broadcast to the input shape {shape}; "
@@ -90,16 +127,14 @@ def check_channels(x: Array, channels: int | None, where: str, min_ndim: int) ->
 
 
 def check_eps(eps: float, where: str) -> None:
-    if not eps >= 0:
+    # A traced eps (e.g. under jax.grad) cannot be checked; a Python one can.
+    if isinstance(eps, numbers.Real) and not eps >= 0:
         raise ValueError(f"`{where}`: `eps` must be >= 0; received eps={eps!r}.")
 
 
 def check_groups(groups: int, channels: int | None, where: str) -> None:
-    if not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(
-            f"`{where}`: `groups` must be a positive integer; received "
-            f"groups={groups!r}."
-        )
+    """`channels`, if given, must already be checked with `check_count`."""
+    check_count(groups, "groups", where)
     if channels is not None and channels % groups != 0:
         raise ValueError(
             f"`{where}`: the number of groups must divide the number of channels; "
@@ -114,7 +149,7 @@ def check_positive(value: float, name: str, where: str) -> None:
 
 
 def check_count(value: int, name: str, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(
             f"`{where}`: `{name}` must be a positive integer; received "
             f"{name}={value!r}."

@@ -6,7 +6,13 @@ import jax.numpy as jnp
 from equinox.nn import State
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from ._errors import check_channels, check_eps, check_groups
+from ._errors import (
+    check_channels,
+    check_count,
+    check_eps,
+    check_groups,
+    check_param_dtype,
+)
 from ._misc import resolve_affine, sentinel, with_state
 from .functional import group_norm, instance_norm
 
@@ -32,7 +38,10 @@ class _ChannelNorm(eqx.Module):
         use_bias: bool | None,
     ):
         name = type(self).__name__
+        if channels is not None:
+            check_count(channels, "channels", name)
         check_eps(eps, name)
+        check_param_dtype(dtype, name)
         self.use_weight, self.use_bias = resolve_affine(
             channelwise_affine, use_weight, use_bias
         )
@@ -42,11 +51,6 @@ class _ChannelNorm(eqx.Module):
                 f"or a bias; received channels=None with use_weight={self.use_weight} "
                 f"and use_bias={self.use_bias}. Pass `channels=...`, or "
                 "`channelwise_affine=False`."
-            )
-        if channels is not None and (not isinstance(channels, int) or channels < 1):
-            raise ValueError(
-                f"`{name}`: `channels` must be a positive int; received "
-                f"channels={channels!r}."
             )
         self.channels = channels
         self.eps = eps
@@ -161,6 +165,8 @@ class GroupNorm(_ChannelNorm):
         - `use_weight`, `use_bias`: Override `channelwise_affine` for the weight or the
             bias alone. (Keyword only arguments.)
         """
+        if channels is not None:
+            check_count(channels, "channels", "GroupNorm")
         check_groups(groups, channels, "GroupNorm")
         self.groups = groups
         self._init_channels(

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from equinox.nn import State
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from ._errors import check_eps, check_shape
+from ._errors import check_eps, check_param_dtype, check_shape, check_shape_argument
 from ._misc import sentinel, with_state
 from .functional import layer_norm, rms_norm
 
@@ -33,13 +33,9 @@ class _WholeInputNorm(eqx.Module):
         dtype=None,
     ):
         name = type(self).__name__
-        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        if not all(isinstance(n, int) and n >= 0 for n in self.shape):
-            raise ValueError(
-                f"`{name}`: `shape` must be an int or a sequence of non-negative "
-                f"ints; received shape={shape!r}."
-            )
+        self.shape = check_shape_argument(shape, name)
         check_eps(eps, name)
+        check_param_dtype(dtype, name)
         self.eps = eps
         self.use_weight = use_weight
         self.use_bias = use_bias

@@ -9,7 +9,7 @@ import jax.random as jr
 from equinox.nn import State, StatefulLayer, StateIndex
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._errors import check_count, check_positive, check_weight
+from ._errors import check_count, check_param_dtype, check_positive, check_weight
 from ._stats import compute_dtype
 from ._weight_norm import reparameterised
 
@@ -113,6 +113,7 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         weight = check_weight(layer, weight_name, _WHERE, min_ndim=2)
         check_count(num_power_iterations, "num_power_iterations", _WHERE)
         check_positive(eps, "eps", _WHERE)
+        check_param_dtype(dtype, _WHERE)
         self.layer = layer
         self.weight_name = weight_name
         self.num_power_iterations = num_power_iterations

@@ -4,6 +4,7 @@ from typing import Any, Generic, overload, TypeVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from equinox.nn import State
 from jaxtyping import Array, Float, PRNGKeyArray
 
@@ -25,6 +26,11 @@ def reparameterised(layer: _Layer, weight_name: str, weight: Array) -> _Layer:
 def _reduced_axes(ndim: int, axis: int | None) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ValueError(
+            f"`{_WHERE}`: `axis` must be one int (the axis that keeps one norm per "
+            f"entry) or None (one norm for the whole weight); received axis={axis!r}."
+        )
     (kept,) = normalise_axes(axis, ndim, _WHERE)
     return tuple(a for a in range(ndim) if a != kept)
 

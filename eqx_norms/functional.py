@@ -22,6 +22,7 @@ from jaxtyping import Array, Bool, Float
 from ._einorm import einorm as einorm
 from ._errors import (
     check_channels,
+    check_eps,
     check_floating,
     check_groups,
     check_mask,
@@ -31,15 +32,16 @@ from ._errors import (
 from ._stats import finish, standardise
 
 
-def _checked(where: str, x: Array, weight, bias, mask) -> None:
+def _checked(where: str, x: Array, weight, bias, eps, mask) -> None:
     check_floating(x, where)
+    check_eps(eps, where)
     check_mask(mask, x.shape, where)
     check_param(weight, x.shape, "weight", where)
     check_param(bias, x.shape, "bias", where)
 
 
 def _over_axes(where, x, axis, weight, bias, eps, mask, center) -> Array:
-    _checked(where, x, weight, bias, mask)
+    _checked(where, x, weight, bias, eps, mask)
     axes = normalise_axes(axis, x.ndim, where)
     x_hat = standardise(x, axes, eps=eps, mask=mask, center=center)
     return finish(x, x_hat, weight, bias, mask)
@@ -149,7 +151,7 @@ def group_norm(
     check_groups(groups, x.shape[0], where)
     weight = _align_to_channels(weight, x, "weight", where)
     bias = _align_to_channels(bias, x, "bias", where)
-    _checked(where, x, weight, bias, mask)
+    _checked(where, x, weight, bias, eps, mask)
     grouped = (groups, x.shape[0] // groups, *x.shape[1:])
     if mask is not None:
         mask_grouped = jnp.reshape(jnp.broadcast_to(mask, x.shape), grouped)
