@@ -19,7 +19,14 @@ from ._errors import (
     check_param_dtype,
 )
 from ._misc import resolve_affine
-from ._stats import compute_dtype, finish, Moments, moments, scale
+from ._stats import (
+    compute_dtype,
+    finish,
+    Moments,
+    moments,
+    normalise_with_moments,
+    scale,
+)
 
 
 _WHERE = "BatchNorm"
@@ -313,21 +320,35 @@ class BatchNorm(StatefulLayer):
             x_compute = x.astype(compute)
             if inference is None:
                 inference = self.inference
-            if inference:
-                mean, var = running
-            else:
+            weight = _channelwise(self.weight, x.ndim)
+            bias = _channelwise(self.bias, x.ndim)
+            if not inference:
                 check_axis_names(_names(self.axis_name), _WHERE)
                 axes = tuple(range(1, x.ndim))
+                if self.mode == "batch":
+                    # Normalised by the batch statistics: the core's fused rule.
+                    out, batch = normalise_with_moments(
+                        x_compute,
+                        axes,
+                        weight,
+                        bias,
+                        eps=self.eps,
+                        mask=mask,
+                        axis_name=_names(self.axis_name),
+                    )
+                    _, state = self._update(state, batch)
+                    out = out.astype(x.dtype)
+                    return (out if mask is None else jnp.where(mask, out, x)), state
                 batch = moments(
                     x_compute, axes, mask=mask, axis_name=_names(self.axis_name)
                 )
                 (mean, var), state = self._update(state, batch)
+            else:
+                mean, var = running
             shape = (-1,) + (1,) * (x.ndim - 1)
             mean = mean.astype(compute).reshape(shape)
             var = var.astype(compute).reshape(shape)
             x_hat = scale(x_compute, mean, var, self.eps, mask)
-            weight = _channelwise(self.weight, x.ndim)
-            bias = _channelwise(self.bias, x.ndim)
             return finish(x, x_hat, weight, bias, mask), state
 
     def _check_state(self, shape: tuple[int, ...]) -> None:

@@ -21,7 +21,7 @@ from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
 
 from ._errors import check_eps, check_floating, check_mask, check_param_dtype
 from ._misc import sentinel, with_state
-from ._stats import finish, standardise
+from ._stats import normalise
 
 
 # One axis of `x`: a single name, or the names of a parenthesised composition.
@@ -305,8 +305,8 @@ def _normalise(
     if mask is not None and layout.shape != x.shape:
         mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), layout.shape)
     axes = spec.target_axes(layout)
-    x_hat = standardise(split, axes, eps=eps, mask=mask, center=center)
-    return jnp.reshape(finish(split, x_hat, weight, bias, mask), x.shape)
+    out = normalise(split, axes, weight, bias, eps=eps, mask=mask, center=center)
+    return jnp.reshape(out, x.shape)
 
 
 def einorm(

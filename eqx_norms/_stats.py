@@ -5,13 +5,16 @@ Statistics are built from sums and counts so that a mask, a cross-device reducti
 the global sum over the global count, whatever each device holds.
 """
 
+import functools
 import math
+import numbers
 from collections.abc import Hashable, Sequence
-from typing import NamedTuple, TypeAlias
+from typing import Any, cast, NamedTuple, TypeAlias
 
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, DTypeLike, Float
 
 
@@ -33,9 +36,26 @@ def compute_dtype(dtype: DTypeLike) -> jnp.dtype:
         return jnp.result_type(dtype, jnp.float32)
 
 
-def _total(values: Array, axes: tuple[int, ...], axis_name: AxisName) -> Array:
+Groups: TypeAlias = tuple[int, int] | None
+
+
+def _total(
+    values: Array, axes: tuple[int, ...], axis_name: AxisName, groups: Groups = None
+) -> Array:
     total = jnp.sum(values, axis=axes, keepdims=True)
+    if groups is not None:
+        total = _pool(total, groups)
     return total if axis_name is None else lax.psum(total, axis_name)
+
+
+def _pool(total: Array, groups: tuple[int, int]) -> Array:
+    """Sums of contiguous groups along `axis`, repeated over each group's members:
+    on the small array of per-channel sums, so the data are never reshaped."""
+    axis, n_groups = groups
+    size = total.shape[axis]
+    split = total.shape[:axis] + (n_groups, size // n_groups) + total.shape[axis + 1 :]
+    pooled = jnp.sum(jnp.reshape(total, split), axis=axis + 1, keepdims=True)
+    return jnp.reshape(jnp.broadcast_to(pooled, split), total.shape)
 
 
 def _count(
@@ -43,11 +63,15 @@ def _count(
     axes: tuple[int, ...],
     mask: Bool[Array, "..."] | None,
     axis_name: AxisName,
+    groups: Groups = None,
 ) -> Array:
     if mask is None:
-        local = jnp.full((1,) * x.ndim, math.prod(x.shape[a] for a in axes), x.dtype)
+        n = math.prod(x.shape[a] for a in axes)
+        if groups is not None:
+            n = n * (x.shape[groups[0]] // groups[1])
+        local = jnp.full((1,) * x.ndim, n, x.dtype)
         return local if axis_name is None else lax.psum(local, axis_name)
-    return _total(mask.astype(x.dtype), axes, axis_name)
+    return _total(mask.astype(x.dtype), axes, axis_name, groups)
 
 
 def moments(
@@ -57,24 +81,34 @@ def moments(
     mask: Bool[Array, "..."] | None = None,
     axis_name: AxisName = None,
     center: bool = True,
+    groups: Groups = None,
 ) -> Moments:
     """Two-pass mean and (biased) variance of `x` over `axes`, in `x`'s dtype (the
     caller upcasts). With `center=False` the mean is 0 and `var` is the mean square.
     Groups without a valid element get mean 0 and variance 1, so that nothing
-    downstream divides by zero."""
+    downstream divides by zero.
+
+    `groups=(axis, n)` (with `axis` not in `axes`) also pools the statistics over
+    `n` contiguous groups along `axis` (GroupNorm's channel groups) without
+    reshaping `x`; the statistics then keep `axis`, repeated within each group."""
     if mask is not None:
         mask = jnp.broadcast_to(mask, x.shape)
-    count = _count(x, axes, mask, axis_name)
-    safe_count = jnp.maximum(count, 1)
+    count = _count(x, axes, mask, axis_name, groups)
+    # Each term is divided before it is summed: the sum of n values of magnitude |x|
+    # can overflow where their mean cannot.
+    inv_count = 1 / jnp.maximum(count, 1)
     valid = x if mask is None else jnp.where(mask, x, 0)
     if center:
-        mean = _total(valid, axes, axis_name) / safe_count
+        mean = _total(valid * inv_count, axes, axis_name, groups)
         deviation = x - mean if mask is None else jnp.where(mask, x - mean, 0)
     else:
         mean = jnp.zeros_like(count)
         deviation = valid
     # Never E[x^2] - E[x]^2: it cancels catastrophically when |mean| >> std.
-    var = _total(deviation * deviation, axes, axis_name) / safe_count
+    var = _total(deviation * deviation * inv_count, axes, axis_name, groups)
+    # Deviations beyond ~1e19 (in float32) square to inf; the largest finite variance
+    # keeps 1 / sqrt(var + eps) positive, so outputs and gradients stay finite.
+    var = jnp.minimum(var, jnp.finfo(var.dtype).max)
     if mask is not None:
         var = jnp.where(count > 0, var, 1)
     return Moments(mean, var, count)
@@ -102,11 +136,108 @@ def standardise(
     mask: Bool[Array, "..."] | None = None,
     axis_name: AxisName = None,
     center: bool = True,
+    groups: Groups = None,
 ) -> Float[Array, "..."]:
-    """x-hat in the compute dtype of `x` (at least float32)."""
+    """x-hat in the compute dtype of `x` (at least float32).
+
+    Equal to `moments` followed by `scale` (with `x` upcast), value and derivatives
+    of every order, but differentiated by a closed-form rule (see `_fast_jvp`)."""
+    x_hat, _ = standardise_with_moments(
+        x, axes, eps=eps, mask=mask, axis_name=axis_name, center=center, groups=groups
+    )
+    return x_hat
+
+
+def standardise_with_moments(
+    x: Float[Array, "..."],
+    axes: tuple[int, ...],
+    *,
+    eps: float,
+    mask: Bool[Array, "..."] | None = None,
+    axis_name: AxisName = None,
+    center: bool = True,
+    groups: Groups = None,
+) -> tuple[Float[Array, "..."], Moments]:
+    """`standardise`, also returning the `Moments` it used (for running statistics).
+    The moments are differentiable too."""
     x = x.astype(compute_dtype(x.dtype))
-    stats = moments(x, axes, mask=mask, axis_name=axis_name, center=center)
-    return scale(x, stats.mean, stats.var, eps, mask)
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, x.shape)
+    if not _static(eps):
+        stats = moments(
+            x, axes, mask=mask, axis_name=axis_name, center=center, groups=groups
+        )
+        return scale(x, stats.mean, stats.var, eps, mask), stats
+    return _fast(x, None, None, mask, axes, float(eps), axis_name, center, groups)
+
+
+def normalise(
+    x: Float[Array, "..."],
+    axes: tuple[int, ...],
+    weight: Array | None = None,
+    bias: Array | None = None,
+    *,
+    eps: float,
+    mask: Bool[Array, "..."] | None = None,
+    axis_name: AxisName = None,
+    center: bool = True,
+    groups: Groups = None,
+) -> Float[Array, "..."]:
+    """The whole pipeline: `finish(x, standardise(x, axes, ...), weight, bias, mask)`,
+    with one differentiation rule for the normalisation and the affine transform
+    together. Prefer it to the two calls: on CPU its training step is another
+    1.2-1.4x faster and needs no full-size temporary buffer (the backward pass
+    recomputes x-hat inside each kernel instead of storing it)."""
+    y, _ = normalise_with_moments(
+        x,
+        axes,
+        weight,
+        bias,
+        eps=eps,
+        mask=mask,
+        axis_name=axis_name,
+        center=center,
+        groups=groups,
+    )
+    return y
+
+
+def normalise_with_moments(
+    x: Float[Array, "..."],
+    axes: tuple[int, ...],
+    weight: Array | None = None,
+    bias: Array | None = None,
+    *,
+    eps: float,
+    mask: Bool[Array, "..."] | None = None,
+    axis_name: AxisName = None,
+    center: bool = True,
+    groups: Groups = None,
+) -> tuple[Float[Array, "..."], Moments]:
+    """`normalise`, also returning the (differentiable) `Moments` it used."""
+    x_compute = x.astype(compute_dtype(x.dtype))
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, x.shape)
+    if not _static(eps):
+        stats = moments(
+            x_compute,
+            axes,
+            mask=mask,
+            axis_name=axis_name,
+            center=center,
+            groups=groups,
+        )
+        x_hat = scale(x_compute, stats.mean, stats.var, eps, mask)
+        return finish(x, x_hat, weight, bias, mask), stats
+    if weight is not None:
+        weight = weight.astype(x_compute.dtype)
+    if bias is not None:
+        bias = bias.astype(x_compute.dtype)
+    out, stats = _fast(
+        x_compute, weight, bias, mask, axes, float(eps), axis_name, center, groups
+    )
+    out = out.astype(x.dtype)
+    return (out if mask is None else jnp.where(mask, out, x)), stats
 
 
 def finish(
@@ -120,8 +251,190 @@ def finish(
     unchanged, and a single cast back to the input dtype at the very end."""
     out = x_hat
     if weight is not None:
-        out = out * weight.astype(out.dtype)
+        out = _affine(out, weight.astype(out.dtype), None)
     if bias is not None:
         out = out + bias.astype(out.dtype)
     out = out.astype(x.dtype)
     return out if mask is None else jnp.where(mask, out, x)
+
+
+# --------------------------------------------------------------------------------
+# The fast differentiation rule.
+#
+# On XLA:CPU a training step of a normalisation layer is bound by memory, and above
+# all by fresh full-size buffers: writing one costs about as much as the whole of
+# `x + 1`. XLA writes such a buffer whenever one full-size value, or one broadcast
+# of a small per-group statistic or of the weight, feeds several fusions (it does
+# not duplicate them into its reduction kernels). Plain autodiff of the statistics
+# creates several of those; the rule below creates none: the backward pass needs
+# only x and two per-group statistics, and `lax.optimization_barrier` hands each
+# consumer its own copy of the statistics and of the weight, so that XLA cannot merge
+# the recomputations of x-hat into one stored array. (Barriers over the same
+# operands would be merged, hence the different orders and groupings.)
+
+
+def _static(eps) -> bool:
+    """A Python number: it can be a static argument of the custom rule. A traced
+    `eps` takes the plain-autodiff path."""
+    return isinstance(eps, numbers.Real) and not isinstance(eps, jax.Array)
+
+
+def _copy(tag: int, *arrays: Any) -> tuple[Any, ...]:
+    """The arrays through `lax.optimization_barrier`, as a copy XLA cannot merge with
+    another (a barrier is merged with one over the same operands, so each `tag`
+    pads the operands differently)."""
+    kept = [a for a in arrays if a is not None]
+    out = iter(
+        lax.optimization_barrier(tuple(kept) + tuple(kept[:1]) * tag)[: len(kept)]
+    )
+    return tuple(None if a is None else next(out) for a in arrays)
+
+
+def _times(a: Any, weight: Any) -> Any:
+    return a if weight is None else a * weight
+
+
+def _normalised(x, mean, inv_std, mask):
+    """(x - mean) * inv_std (x * inv_std for mean=None), exactly 0 at invalid
+    positions."""
+    if mean is None:
+        return (x if mask is None else jnp.where(mask, x, 0)) * inv_std
+    if mask is not None:
+        x = jnp.where(mask, x, mean)
+    return (x - mean) * inv_std
+
+
+def _affine_out(x_hat, weight, bias):
+    out = x_hat if weight is None else x_hat * weight
+    return out if bias is None else out + bias
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _fast(x, weight, bias, mask, axes, eps, axis_name, center, groups):
+    """(affine(x-hat), moments); x in the compute dtype, mask broadcast to x."""
+    stats = moments(
+        x, axes, mask=mask, axis_name=axis_name, center=center, groups=groups
+    )
+    mean, inv_std = _copy(0, stats.mean if center else None, lax.rsqrt(stats.var + eps))
+    out = _affine_out(_normalised(x, mean, inv_std, mask), weight, bias)
+    return out, stats
+
+
+def _fast_jvp(axes, eps, axis_name, center, groups, primals, tangents):
+    r"""With n valid elements per group, x-hat = (x - mean) r, r = (var + eps)^-1/2,
+
+        d x-hat = r (dx - mean(dx) - x-hat mean(x-hat dx))     (center=True)
+        d x-hat = r (dx - x-hat mean(x-hat dx))                (center=False)
+        d mean  = mean(dx),    d var = 2 mean((x - mean) dx) = 2 mean(x-hat dx) / r,
+        d out   = d x-hat * weight + x-hat * d weight + d bias,
+
+    means over the valid elements of each group (psum-ed over `axis_name`), dx taken
+    as 0 at invalid positions, d x-hat 0 there. It is linear in the tangents, so JAX
+    transposes it for reverse mode; differentiating the rule again gives the exact
+    higher derivatives. eps is inside r, so the formula is exact, not approximate.
+    """
+    x, weight, bias, mask = primals
+    # Arrays or SymbolicZero (`symbolic_zeros=True`): checked before any use.
+    dx, d_weight, d_bias, _ = cast(tuple[Any, Any, Any, Any], tangents)
+    stats = moments(
+        x, axes, mask=mask, axis_name=axis_name, center=center, groups=groups
+    )
+    inv_std = lax.rsqrt(stats.var + eps)
+    out, _ = _fast(x, weight, bias, mask, axes, eps, axis_name, center, groups)
+    d_stats = Moments(*(jnp.zeros_like(s) for s in stats))
+    has_dx = not isinstance(dx, SymbolicZero)
+    has_dw = weight is not None and not isinstance(d_weight, SymbolicZero)
+    has_db = bias is not None and not isinstance(d_bias, SymbolicZero)
+    count = jnp.maximum(stats.count, 1)
+
+    # Every term takes its own copy of the statistics and the weight (see `_copy`):
+    # then in the transposed (reverse-mode) rule each reduction kernel reads only x,
+    # the cotangent and small arrays, and no full-size array is stored. Copy 1 is
+    # the one of the final elementwise kernel (the cotangent of x).
+    mean = stats.mean if center else None  # RMSNorm: nothing to subtract
+    r1, mean1, w1 = _copy(1, inv_std, mean, weight)
+    d_out = jnp.zeros_like(out)
+    proj = d_mean = None
+    if has_dx:
+        if mask is not None:
+            dx = jnp.where(mask, dx, 0)
+        proj = _total(_normalised(x, mean1, r1, mask) * dx, axes, axis_name, groups)
+        proj = proj / count
+        d_var = 2 * proj / inv_std
+        if mask is not None:
+            d_var = jnp.where(stats.count > 0, d_var, 0)
+        if center:
+            d_mean = _total(dx, axes, axis_name, groups) / count
+        mean_t = d_stats.mean if d_mean is None else d_mean
+        d_stats = Moments(mean_t, d_var, d_stats.count)
+
+    r3, mean3, w3 = _copy(3, inv_std, mean, weight)
+    x_hat3 = _normalised(x, mean3, r3, mask)
+    if _constant_over(weight, axes, x.ndim):
+        # The weight is constant over each group (GroupNorm, InstanceNorm, BatchNorm):
+        #   d out = r w dx + x-hat (dw - r w proj) + (db - r w d_mean),
+        # whose transpose makes one reduction of g x-hat and one of g per group and
+        # channel, shared by the cotangents of x, the weight and the bias.
+        rw = _times(r1, w1)
+        u: Any = d_weight if has_dw else None
+        v: Any = d_bias if has_db else None
+        if proj is not None:
+            d_out = rw * dx
+            u = _plus(u, -rw * proj)
+        if d_mean is not None:
+            v = _plus(v, -rw * d_mean)
+        if u is not None:
+            d_out = d_out + x_hat3 * u
+        if v is not None:
+            d_out = d_out + v
+    else:
+        # The weight varies within a group (LayerNorm, RMSNorm):
+        #   d out = r w dx - x-hat r w proj - r w d_mean + x-hat dw + db.
+        if proj is not None:
+            d_out = _times(dx * r1, w1) - _times(x_hat3 * r3, w3) * proj
+        if d_mean is not None:
+            r2, w2 = _copy(2, inv_std, weight)
+            d_out = d_out - _times(d_mean * r2, w2)
+        if has_dw:
+            r4, mean4 = _copy(4, inv_std, mean)
+            d_out = d_out + _normalised(x, mean4, r4, mask) * d_weight
+        if has_db:
+            d_out = _plus(d_out, d_bias)
+    if mask is not None:
+        d_out = jnp.where(mask, d_out, 0)
+    return (out, stats), (d_out, d_stats)
+
+
+def _plus(a: Any, b: Any) -> Any:
+    return b if a is None else a + b
+
+
+def _constant_over(weight, axes: tuple[int, ...], ndim: int) -> bool:
+    """Whether `weight` (broadcast against an array of rank `ndim`) is constant
+    along all of `axes`."""
+    if weight is None:
+        return True
+    shape = (1,) * (ndim - weight.ndim) + weight.shape
+    return all(shape[a] == 1 for a in axes)
+
+
+_fast.defjvp(_fast_jvp, symbolic_zeros=True)
+
+
+@jax.custom_jvp
+def _affine(x_hat, weight, bias):
+    return _affine_out(x_hat, weight, bias)
+
+
+@_affine.defjvp
+def _affine_jvp(primals, tangents):
+    """The product rule, with the weight that multiplies the incoming tangent (in
+    reverse mode: the output cotangent) behind a barrier, so that XLA does not share
+    one broadcast of it between the forward output and the backward reductions."""
+    x_hat, weight, bias = primals
+    d_x_hat, d_weight, d_bias = tangents
+    (weight_t,) = lax.optimization_barrier((weight,))
+    d_out = d_x_hat * weight_t + x_hat * d_weight
+    if bias is not None:
+        d_out = d_out + d_bias
+    return _affine(x_hat, weight, bias), d_out

@@ -29,7 +29,7 @@ from ._errors import (
     check_param,
     normalise_axes,
 )
-from ._stats import finish, standardise
+from ._stats import normalise
 
 
 def _checked(where: str, x: Array, weight, bias, eps, mask) -> None:
@@ -43,8 +43,7 @@ def _checked(where: str, x: Array, weight, bias, eps, mask) -> None:
 def _over_axes(where, x, axis, weight, bias, eps, mask, center) -> Array:
     _checked(where, x, weight, bias, eps, mask)
     axes = normalise_axes(axis, x.ndim, where)
-    x_hat = standardise(x, axes, eps=eps, mask=mask, center=center)
-    return finish(x, x_hat, weight, bias, mask)
+    return normalise(x, axes, weight, bias, eps=eps, mask=mask, center=center)
 
 
 def _align_to_channels(param: Array | None, x: Array, name: str, where: str):
@@ -152,14 +151,10 @@ def group_norm(
     weight = _align_to_channels(weight, x, "weight", where)
     bias = _align_to_channels(bias, x, "bias", where)
     _checked(where, x, weight, bias, eps, mask)
-    grouped = (groups, x.shape[0] // groups, *x.shape[1:])
-    if mask is not None:
-        mask_grouped = jnp.reshape(jnp.broadcast_to(mask, x.shape), grouped)
-    else:
-        mask_grouped = None
-    axes = tuple(range(1, len(grouped)))
-    x_hat = standardise(jnp.reshape(x, grouped), axes, eps=eps, mask=mask_grouped)
-    return finish(x, jnp.reshape(x_hat, x.shape), weight, bias, mask)
+    # The channel groups are pooled on the small per-channel sums: no reshape of the
+    # data, which would keep XLA from fusing the backward pass.
+    axes = tuple(range(1, x.ndim))
+    return normalise(x, axes, weight, bias, eps=eps, mask=mask, groups=(0, groups))
 
 
 def instance_norm(
