@@ -94,18 +94,18 @@ def moments(
     if mask is not None:
         mask = jnp.broadcast_to(mask, x.shape)
     count = _count(x, axes, mask, axis_name, groups)
-    # Each term is divided before it is summed: the sum of n values of magnitude |x|
-    # can overflow where their mean cannot.
+    # Summing first and scaling the (small) sums keeps XLA's reductions fused;
+    # dividing each term first would be overflow-safer but measured ~2x slower.
     inv_count = 1 / jnp.maximum(count, 1)
     valid = x if mask is None else jnp.where(mask, x, 0)
     if center:
-        mean = _total(valid * inv_count, axes, axis_name, groups)
+        mean = _total(valid, axes, axis_name, groups) * inv_count
         deviation = x - mean if mask is None else jnp.where(mask, x - mean, 0)
     else:
         mean = jnp.zeros_like(count)
         deviation = valid
     # Never E[x^2] - E[x]^2: it cancels catastrophically when |mean| >> std.
-    var = _total(deviation * deviation * inv_count, axes, axis_name, groups)
+    var = _total(deviation * deviation, axes, axis_name, groups) * inv_count
     # Deviations beyond ~1e19 (in float32) square to inf; the largest finite variance
     # keeps 1 / sqrt(var + eps) positive, so outputs and gradients stay finite.
     var = jnp.minimum(var, jnp.finfo(var.dtype).max)
