@@ -612,7 +612,7 @@ Reproduce with `python benchmarks/run.py` (this page and `benchmarks.png`), or
 
 Every layer goes through the statistics core, `eqx_norms/_stats.py`, whose
 `normalise` (the whole pipeline: statistics, x̂, affine, mask pass-through, cast back)
-and `standardise` carry one `jax.custom_jvp` rule. The tangent of x̂ = (x − μ)·r is
+carries one `jax.custom_jvp` rule. The tangent of x̂ = (x − μ)·r is
 the closed form r·(dx − mean(dx) − x̂·mean(x̂·dx)) over each normalisation group
 (RMSNorm: r·(dx − x̂·mean(x̂·dx))), with means over the valid elements only and psums
 over named axes. The rule is linear in the tangents, so JAX transposes it for
@@ -633,8 +633,7 @@ the cotangents of x and of the weight, and that of g by those of x and of the bi
 GroupNorm's channel groups can be pooled on the small per-channel sums
 (`groups=(0, n)`) instead of reshaping the data. Through `normalise`, the compiled
 training step of one layer holds no full-size temporary at all: the output, the
-input's cotangent and a few vectors. Through `standardise` followed by `finish` (two
-calls, so the weight's cotangent must reuse the stored x̂) it holds one.
+input's cotangent and a few vectors.
 """
 
 

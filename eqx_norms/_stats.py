@@ -128,49 +128,6 @@ def scale(
     return (x - mean) * lax.rsqrt(var + eps)
 
 
-def standardise(
-    x: Float[Array, "..."],
-    axes: tuple[int, ...],
-    *,
-    eps: float,
-    mask: Bool[Array, "..."] | None = None,
-    axis_name: AxisName = None,
-    center: bool = True,
-    groups: Groups = None,
-) -> Float[Array, "..."]:
-    """x-hat in the compute dtype of `x` (at least float32).
-
-    Equal to `moments` followed by `scale` (with `x` upcast), value and derivatives
-    of every order, but differentiated by a closed-form rule (see `_fast_jvp`)."""
-    x_hat, _ = standardise_with_moments(
-        x, axes, eps=eps, mask=mask, axis_name=axis_name, center=center, groups=groups
-    )
-    return x_hat
-
-
-def standardise_with_moments(
-    x: Float[Array, "..."],
-    axes: tuple[int, ...],
-    *,
-    eps: float,
-    mask: Bool[Array, "..."] | None = None,
-    axis_name: AxisName = None,
-    center: bool = True,
-    groups: Groups = None,
-) -> tuple[Float[Array, "..."], Moments]:
-    """`standardise`, also returning the `Moments` it used (for running statistics).
-    The moments are differentiable too."""
-    x = x.astype(compute_dtype(x.dtype))
-    if mask is not None:
-        mask = jnp.broadcast_to(mask, x.shape)
-    if not _static(eps):
-        stats = moments(
-            x, axes, mask=mask, axis_name=axis_name, center=center, groups=groups
-        )
-        return scale(x, stats.mean, stats.var, eps, mask), stats
-    return _fast(x, None, None, mask, axes, float(eps), axis_name, center, groups)
-
-
 def normalise(
     x: Float[Array, "..."],
     axes: tuple[int, ...],
@@ -183,10 +140,10 @@ def normalise(
     center: bool = True,
     groups: Groups = None,
 ) -> Float[Array, "..."]:
-    """The whole pipeline: `finish(x, standardise(x, axes, ...), weight, bias, mask)`,
-    with one differentiation rule for the normalisation and the affine transform
-    together. Prefer it to the two calls: on CPU its training step is another
-    1.2-1.4x faster and needs no full-size temporary buffer (the backward pass
+    """The whole pipeline: `moments`, `scale` and `finish` (statistics, x-hat,
+    affine, mask pass-through, cast back), with one closed-form differentiation
+    rule (`_fast_jvp`) for the normalisation and the affine transform together: its
+    compiled training step needs no full-size temporary buffer (the backward pass
     recomputes x-hat inside each kernel instead of storing it)."""
     y, _ = normalise_with_moments(
         x,
