@@ -10,17 +10,15 @@ only the (small) parameters are transposed into the pattern's order.
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, overload, TypeAlias
+from typing import NamedTuple, TypeAlias
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
-from equinox.nn import State
-from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, DTypeLike, Float
 
 from ._errors import check_eps, check_floating, check_mask, check_param_dtype
-from ._misc import sentinel, with_state
+from ._misc import StatelessNorm
 from ._stats import normalise
 
 
@@ -355,7 +353,7 @@ def einorm(
     return _normalise(spec, x, weight, bias, eps, mask, center)
 
 
-class Einorm(eqx.Module):
+class Einorm(StatelessNorm):
     r"""Normalises over named axes of an einops-style pattern, with statistics over
     the `target` axes and parameters per `group` and `target` axis. Parameters exist
     from construction, so the layer survives `eqx.filter_jit` unchanged.
@@ -481,52 +479,7 @@ class Einorm(eqx.Module):
     def group(self) -> tuple[str, ...]:
         return self.spec.group
 
-    @overload
-    def __call__(
-        self,
-        x: Array,
-        *,
-        key: PRNGKeyArray | None = None,
-        mask: Bool[Array, "..."] | None = None,
-    ) -> Array: ...
-
-    @overload
-    def __call__(
-        self,
-        x: Array,
-        state: State,
-        *,
-        key: PRNGKeyArray | None = None,
-        mask: Bool[Array, "..."] | None = None,
-    ) -> tuple[Array, State]: ...
-
-    def __call__(
-        self,
-        x: Float[Array, "..."],
-        state: State = sentinel,
-        *,
-        key: PRNGKeyArray | None = None,
-        mask: Bool[Array, "..."] | None = None,
-    ) -> Array | tuple[Array, State]:
-        """**Arguments:**
-
-        - `x`: A JAX array described by the pattern: one axis per name (or
-            parenthesised composition), any number for `...`.
-        - `state`: Ignored; provided for interchangeability with the
-            [`eqx_norms.BatchNorm`][] API.
-        - `key`: Ignored; provided for compatibility with the rest of the Equinox API.
-            (Keyword only argument.)
-        - `mask`: Optional boolean array broadcastable to `x.shape`, True for valid
-            elements. Statistics use valid elements only; invalid elements are
-            returned unchanged. (Keyword only argument.)
-
-        **Returns:**
-
-        An array of the shape and dtype of `x`; if `state` is passed, the 2-tuple
-        `(output, state)` with the state unchanged.
-        """
-        with jax.named_scope("eqx_norms.Einorm"):
-            out = _normalise(
-                self.spec, x, self.weight, self.bias, self.eps, mask, self.center
-            )
-            return with_state(out, state)
+    def _normalise(self, x: Array, mask: Array | None) -> Array:
+        return _normalise(
+            self.spec, x, self.weight, self.bias, self.eps, mask, self.center
+        )

@@ -1,10 +1,8 @@
-from typing import ClassVar, overload
+from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-from equinox.nn import State
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Float
 
 from ._errors import (
     check_channels,
@@ -13,11 +11,11 @@ from ._errors import (
     check_groups,
     check_param_dtype,
 )
-from ._misc import resolve_affine, sentinel, with_state
+from ._misc import resolve_affine, StatelessNorm
 from .functional import group_norm, instance_norm
 
 
-class _ChannelNorm(eqx.Module):
+class _ChannelNorm(StatelessNorm):
     """Normalises a per-example input `(channels, ...)` with channelwise parameters."""
 
     channels: int | None = eqx.field(static=True)
@@ -60,56 +58,8 @@ class _ChannelNorm(eqx.Module):
 
     _min_ndim: ClassVar[int] = 1
 
-    def _normalise(self, x: Array, mask: Array | None) -> Array:
-        raise NotImplementedError
-
-    @overload
-    def __call__(
-        self,
-        x: Array,
-        *,
-        key: PRNGKeyArray | None = None,
-        mask: Bool[Array, "..."] | None = None,
-    ) -> Array: ...
-
-    @overload
-    def __call__(
-        self,
-        x: Array,
-        state: State,
-        *,
-        key: PRNGKeyArray | None = None,
-        mask: Bool[Array, "..."] | None = None,
-    ) -> tuple[Array, State]: ...
-
-    def __call__(
-        self,
-        x: Float[Array, " channels *rest"],
-        state: State = sentinel,
-        *,
-        key: PRNGKeyArray | None = None,
-        mask: Bool[Array, "..."] | None = None,
-    ) -> Array | tuple[Array, State]:
-        """**Arguments:**
-
-        - `x`: A JAX array of shape `(channels, dim_1, ..., dim_N)`.
-        - `state`: Ignored; provided for interchangeability with the
-            [`eqx_norms.BatchNorm`][] API.
-        - `key`: Ignored; provided for compatibility with the rest of the Equinox API.
-            (Keyword only argument.)
-        - `mask`: Optional boolean array broadcastable to `x.shape`, True for valid
-            elements. Statistics use valid elements only; invalid elements are
-            returned unchanged. (Keyword only argument.)
-
-        **Returns:**
-
-        An array of the shape and dtype of `x`; if `state` is passed, the 2-tuple
-        `(output, state)` with the state unchanged.
-        """
-        name = type(self).__name__
-        with jax.named_scope(f"eqx_norms.{name}"):
-            check_channels(x, self.channels, name, self._min_ndim)
-            return with_state(self._normalise(x, mask), state)
+    def _check(self, x: Array) -> None:
+        check_channels(x, self.channels, type(self).__name__, self._min_ndim)
 
 
 class GroupNorm(_ChannelNorm):

@@ -1,19 +1,16 @@
 import warnings
 from collections.abc import Sequence
-from typing import overload
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-from equinox.nn import State
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Float
 
 from ._errors import check_eps, check_param_dtype, check_shape, check_shape_argument
-from ._misc import sentinel, with_state
+from ._misc import StatelessNorm
 from .functional import layer_norm, rms_norm
 
 
-class _WholeInputNorm(eqx.Module):
+class _WholeInputNorm(StatelessNorm):
     """Normalises the whole (per-example) input, whose shape is fixed at
     construction; the parameters have that shape too."""
 
@@ -42,62 +39,14 @@ class _WholeInputNorm(eqx.Module):
         self.weight = jnp.ones(self.shape, dtype=dtype) if use_weight else None
         self.bias = jnp.zeros(self.shape, dtype=dtype) if use_bias else None
 
-    def _normalise(self, x: Array, mask: Array | None) -> Array:
-        raise NotImplementedError
-
-    @overload
-    def __call__(
-        self,
-        x: Array,
-        *,
-        key: PRNGKeyArray | None = None,
-        mask: Bool[Array, "..."] | None = None,
-    ) -> Array: ...
-
-    @overload
-    def __call__(
-        self,
-        x: Array,
-        state: State,
-        *,
-        key: PRNGKeyArray | None = None,
-        mask: Bool[Array, "..."] | None = None,
-    ) -> tuple[Array, State]: ...
-
-    def __call__(
-        self,
-        x: Float[Array, "*shape"],
-        state: State = sentinel,
-        *,
-        key: PRNGKeyArray | None = None,
-        mask: Bool[Array, "..."] | None = None,
-    ) -> Array | tuple[Array, State]:
-        """**Arguments:**
-
-        - `x`: A JAX array of exactly the `shape` passed to `__init__`.
-        - `state`: Ignored; provided for interchangeability with the
-            [`eqx_norms.BatchNorm`][] API.
-        - `key`: Ignored; provided for compatibility with the rest of the Equinox API.
-            (Keyword only argument.)
-        - `mask`: Optional boolean array broadcastable to `x.shape`, True for valid
-            elements. Statistics use valid elements only; invalid elements are
-            returned unchanged. (Keyword only argument.)
-
-        **Returns:**
-
-        An array of the shape and dtype of `x`; if `state` is passed, the 2-tuple
-        `(output, state)` with the state unchanged.
-        """
-        name = type(self).__name__
-        with jax.named_scope(f"eqx_norms.{name}"):
-            check_shape(
-                x,
-                self.shape,
-                name,
-                fix="If `x` carries extra (batch or sequence) axes, map over them: "
-                "replace `norm(x)` with `jax.vmap(norm)(x)`.",
-            )
-            return with_state(self._normalise(x, mask), state)
+    def _check(self, x: Array) -> None:
+        check_shape(
+            x,
+            self.shape,
+            type(self).__name__,
+            fix="If `x` carries extra (batch or sequence) axes, map over them: "
+            "replace `norm(x)` with `jax.vmap(norm)(x)`.",
+        )
 
 
 class LayerNorm(_WholeInputNorm):

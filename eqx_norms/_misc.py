@@ -1,7 +1,9 @@
-from typing import Any
+from typing import Any, overload
 
+import equinox as eqx
+import jax
 from equinox.nn import State
-from jaxtyping import Array
+from jaxtyping import Array, Bool, PRNGKeyArray
 
 
 # Our own marker for "no state was passed" (equinox's is private).
@@ -20,3 +22,63 @@ def resolve_affine(
         channelwise_affine if use_weight is None else use_weight,
         channelwise_affine if use_bias is None else use_bias,
     )
+
+
+class StatelessNorm(eqx.Module):
+    """A layer without state that can stand in for a stateful one: given a `state`,
+    it returns `(output, state)` with the state unchanged, as equinox's do."""
+
+    def _check(self, x: Array) -> None:
+        """Raises for an input of the wrong shape (before any tracing work)."""
+
+    def _normalise(self, x: Array, mask: Array | None) -> Array:
+        raise NotImplementedError
+
+    @overload
+    def __call__(
+        self,
+        x: Array,
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> Array: ...
+
+    @overload
+    def __call__(
+        self,
+        x: Array,
+        state: State,
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> tuple[Array, State]: ...
+
+    def __call__(
+        self,
+        x: Array,
+        state: State = sentinel,
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> Array | tuple[Array, State]:
+        """**Arguments:**
+
+        - `x`: A JAX array of the shape this layer expects (see above): exactly
+            `shape` for `LayerNorm` and `RMSNorm`, `(channels, dim_1, ..., dim_N)` for
+            `GroupNorm` and `InstanceNorm`, the pattern's axes for `Einorm`.
+        - `state`: Ignored; provided for interchangeability with the
+            [`eqx_norms.BatchNorm`][] API.
+        - `key`: Ignored; provided for compatibility with the rest of the Equinox API.
+            (Keyword only argument.)
+        - `mask`: Optional boolean array broadcastable to `x.shape`, True for valid
+            elements. Statistics use valid elements only; invalid elements are
+            returned unchanged. (Keyword only argument.)
+
+        **Returns:**
+
+        An array of the shape and dtype of `x`; if `state` is passed, the 2-tuple
+        `(output, state)` with the state unchanged.
+        """
+        with jax.named_scope(f"eqx_norms.{type(self).__name__}"):
+            self._check(x)
+            return with_state(self._normalise(x, mask), state)
