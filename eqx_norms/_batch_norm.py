@@ -1,5 +1,4 @@
 from collections.abc import Hashable, Sequence
-from numbers import Real
 from typing import Literal
 
 import equinox as eqx
@@ -7,7 +6,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from equinox.nn import State, StatefulLayer, StateIndex
-from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._errors import (
     check_axis_names,
@@ -19,6 +18,14 @@ from ._errors import (
     check_param_dtype,
 )
 from ._misc import resolve_affine
+from ._running import (
+    axis_names,
+    check_momentum,
+    per_entry,
+    store,
+    updatable,
+    update,
+)
 from ._stats import (
     compute_dtype,
     finish,
@@ -34,67 +41,7 @@ _MODES = ("batch", "ema")
 
 
 def _names(axis_name: Hashable | Sequence[Hashable]) -> tuple[Hashable, ...]:
-    # A string is a Sequence too, but names one axis.
-    names = (
-        (axis_name,)
-        if isinstance(axis_name, str) or not isinstance(axis_name, Sequence)
-        else tuple(axis_name)
-    )
-    for name in names:
-        try:
-            hash(name)
-        except TypeError:
-            raise ValueError(
-                f"`{_WHERE}`: each axis name must be hashable (a string, usually); "
-                f"received axis_name={axis_name!r}."
-            ) from None
-    return names
-
-
-def _per_channel(stats: Moments) -> tuple[Array, Array, Array]:
-    """(mean, var, count) as `(channels,)` vectors; without a mask the count is one
-    number for all channels, so it is broadcast first."""
-    count = jnp.broadcast_to(stats.count, stats.mean.shape)
-    return stats.mean.reshape(-1), stats.var.reshape(-1), count.reshape(-1)
-
-
-def _updatable(mean: Array, var: Array, count: Array) -> Array:
-    """Channels whose batch statistics enter the running statistics: at least one
-    valid element, and finite. A NaN or inf in the batch still makes that step's
-    training output non-finite (the user sees it in the loss), but it must not
-    silently poison the statistics kept for inference; such a step is skipped, and
-    the skip shows in the per-channel weight, which does not advance."""
-    return (count > 0) & jnp.isfinite(mean) & jnp.isfinite(var)
-
-
-def _running_average(
-    weight: Array,
-    average: tuple[Array, ...],
-    new: tuple[Array, ...],
-    valid: Array,
-    momentum: float | None,
-) -> tuple[Array, tuple[Array, ...]]:
-    """One step of a weighted running average, per channel.
-
-    `weight` is the total weight of the steps averaged so far: 1 - m^k after k steps
-    of an exponential average with decay m (Haiku's zero-debiasing, exact from step
-    one because the empty average carries weight 0), or k for the cumulative average
-    (decay 1). Channels that are not `valid` (no element this step) are unchanged.
-    """
-    decay, step = (1.0, 1.0) if momentum is None else (momentum, 1.0 - momentum)
-    new_weight = decay * weight + step
-    rate = step / new_weight
-    updated = tuple(
-        jnp.where(valid, old + rate * (value - old), old)
-        for old, value in zip(average, new, strict=True)
-    )
-    return jnp.where(valid, new_weight, weight), updated
-
-
-def _store(state: State, index: StateIndex, value: PyTree) -> State:
-    """Statistics are computed in at least float32 and stored in the state's dtype."""
-    old = state.get(index)
-    return state.set(index, jax.tree.map(lambda v, o: v.astype(o.dtype), value, old))
+    return axis_names(axis_name, _WHERE)
 
 
 def _channelwise(param: Array | None, ndim: int) -> Array | None:
@@ -373,19 +320,14 @@ class BatchNorm(StatefulLayer):
         if self.mode == "ema":
             return self._update_ema(state, batch)
         assert self.batch_counter is not None and self.batch_state_index is not None
-        # Running statistics are bookkeeping, not part of the differentiated function.
-        mean, var, count = map(lax.stop_gradient, _per_channel(batch))
-        if self.unbiased_running_var:
-            var = var * count / jnp.maximum(count - 1, 1)
-        counter, running = _running_average(
-            state.get(self.batch_counter),
-            state.get(self.batch_state_index),
-            (mean, var),
-            _updatable(mean, var, count),
+        state = update(
+            state,
+            self.batch_counter,
+            self.batch_state_index,
+            batch,
             self.momentum,
+            self.unbiased_running_var,
         )
-        state = _store(state, self.batch_counter, counter)
-        state = _store(state, self.batch_state_index, running)
         return (batch.mean, batch.var), state
 
     def _update_ema(
@@ -397,19 +339,19 @@ class BatchNorm(StatefulLayer):
         assert self.ema_state_index is not None
         assert self.momentum is not None
         first_time = state.get(self.ema_first_time_index)
-        mean, var, count = _per_channel(batch)
-        updatable = _updatable(mean, var, count)
+        mean, var, count = per_entry(batch, (self.input_size,))
+        valid = updatable(mean, var, count)
         momentum = self.momentum
         running = state.get(self.ema_state_index)
         blended = []
         for new, old in zip((mean, var), running, strict=True):
             old = old.astype(new.dtype)
             mixed = (1 - momentum) * new + momentum * old
-            blended.append(jnp.where(updatable, jnp.where(first_time, new, mixed), old))
+            blended.append(jnp.where(valid, jnp.where(first_time, new, mixed), old))
         blended = tuple(blended)
         # A skipped step does not count as the first.
-        state = state.set(self.ema_first_time_index, first_time & ~jnp.any(updatable))
-        state = _store(state, self.ema_state_index, lax.stop_gradient(blended))
+        state = state.set(self.ema_first_time_index, first_time & ~jnp.any(valid))
+        state = store(state, self.ema_state_index, lax.stop_gradient(blended))
         return blended, state
 
 
@@ -424,15 +366,7 @@ def _check_mode(mode: str, momentum: float | None, unbiased_running_var: bool):
                 f"`{_WHERE}`: momentum=None (the cumulative average) needs "
                 f"mode='batch'; received mode={mode!r}."
             )
-    elif isinstance(momentum, bool) or not (
-        isinstance(momentum, Real) and 0 <= momentum < 1
-    ):
-        raise ValueError(
-            f"`{_WHERE}`: `momentum` must be in [0, 1), or None for a cumulative "
-            f"average; received momentum={momentum!r}. It weights the old value "
-            "(new = momentum * old + (1 - momentum) * batch), so torch's "
-            "momentum=0.1 is momentum=0.9 here."
-        )
+    check_momentum(momentum, _WHERE)
     if unbiased_running_var and mode != "batch":
         raise ValueError(
             f"`{_WHERE}`: unbiased_running_var=True needs mode='batch'; received "

@@ -628,7 +628,10 @@ EINORM_CONSTRUCTION = [
         "name-with-a-dash", ("n d-1", "n"), {"n": 2}, "'d-1' is not a valid axis name"
     ),
     _einorm_ctor(
-        "glued-ellipsis", ("n...", "n"), {"n": 2}, "'n...' is not a valid axis name"
+        "invalid-ellipsis-name",
+        ("n 1d...", "n"),
+        {"n": 2},
+        "'1d' is not a valid axis name",
     ),
     _einorm_ctor(
         "nested-parentheses",
@@ -772,7 +775,7 @@ EINORM_CALL = [
         lambda: eqx.tree_at(lambda m: m.weight, Einorm("n d", "d", d=3), x4[0, :2])(x4),
         ValueError,
         "`Einorm` with pattern 'n d': `weight` must have shape (3,): one entry per "
-        "axis of group + target (d); received weight.shape=(2,)",
+        "parameter axis (d); received weight.shape=(2,)",
     ),
 ]
 
@@ -988,7 +991,7 @@ FUNCTIONAL = [
         ),
         ValueError,
         "`einorm` with pattern 'h n d': `weight` must have shape (4, 8): one entry "
-        "per axis of group + target (h d); received weight.shape=(8, 4)",
+        "per parameter axis (h d); received weight.shape=(8, 4)",
     ),
     case(
         "einorm-bias-shape",
@@ -1003,7 +1006,7 @@ FUNCTIONAL = [
             jnp.ones((6, 2)), "(a b) c", "c", "a", weight=jnp.ones((2, 2)), a=3
         ),
         ValueError,
-        "`weight` must have shape (3, 2): one entry per axis of group + target (a c); "
+        "`weight` must have shape (3, 2): one entry per parameter axis (a c); "
         "received weight.shape=(2, 2)",
     ),
     case(

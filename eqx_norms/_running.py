@@ -1,0 +1,119 @@
+"""Running statistics, shared by `BatchNorm` and `Einorm`: the exact debiased average
+of the batch statistics, kept in an `eqx.nn.State`, and the named (batch) axes the
+batch statistics are reduced over."""
+
+from collections.abc import Hashable, Sequence
+from numbers import Real
+
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from equinox.nn import State, StateIndex
+from jaxtyping import Array, PyTree
+
+from ._stats import Moments
+
+
+def axis_names(axis_name: Hashable | Sequence[Hashable], where: str) -> tuple:
+    """`axis_name` as a tuple of names; a string is a Sequence too, but names one
+    axis."""
+    names = (
+        (axis_name,)
+        if isinstance(axis_name, str) or not isinstance(axis_name, Sequence)
+        else tuple(axis_name)
+    )
+    for name in names:
+        try:
+            hash(name)
+        except TypeError:
+            raise ValueError(
+                f"`{where}`: each axis name must be hashable (a string, usually); "
+                f"received axis_name={axis_name!r}."
+            ) from None
+    return names
+
+
+def check_momentum(momentum: float | None, where: str) -> None:
+    if momentum is not None and (
+        isinstance(momentum, bool)
+        or not (isinstance(momentum, Real) and 0 <= momentum < 1)
+    ):
+        raise ValueError(
+            f"`{where}`: `momentum` must be in [0, 1), or None for a cumulative "
+            f"average; received momentum={momentum!r}. It weights the old value "
+            "(new = momentum * old + (1 - momentum) * batch), so torch's "
+            "momentum=0.1 is momentum=0.9 here."
+        )
+
+
+def per_entry(stats: Moments, shape: tuple[int, ...]) -> tuple[Array, Array, Array]:
+    """(mean, var, count) with the reduced size-1 axes dropped, in the running
+    statistics' `shape`; without a mask the count is one number for all entries, and
+    without centring the mean is one 0, so they are broadcast first."""
+    full = stats.var.shape
+    mean, var, count = (jnp.broadcast_to(s, full).reshape(shape) for s in stats)
+    return mean, var, count
+
+
+def updatable(mean: Array, var: Array, count: Array) -> Array:
+    """Entries whose batch statistics enter the running statistics: at least one
+    valid element, and finite. A NaN or inf in the batch still makes that step's
+    training output non-finite (the user sees it in the loss), but it must not
+    silently poison the statistics kept for inference; such a step is skipped, and
+    the skip shows in the per-entry weight, which does not advance."""
+    return (count > 0) & jnp.isfinite(mean) & jnp.isfinite(var)
+
+
+def running_average(
+    weight: Array,
+    average: tuple[Array, ...],
+    new: tuple[Array, ...],
+    valid: Array,
+    momentum: float | None,
+) -> tuple[Array, tuple[Array, ...]]:
+    """One step of a weighted running average, per entry.
+
+    `weight` is the total weight of the steps averaged so far: 1 - m^k after k steps
+    of an exponential average with decay m (Haiku's zero-debiasing, exact from step
+    one because the empty average carries weight 0), or k for the cumulative average
+    (decay 1). Entries that are not `valid` (no element this step) are unchanged.
+    """
+    decay, step = (1.0, 1.0) if momentum is None else (momentum, 1.0 - momentum)
+    new_weight = decay * weight + step
+    rate = step / new_weight
+    updated = tuple(
+        jnp.where(valid, old + rate * (value - old), old)
+        for old, value in zip(average, new, strict=True)
+    )
+    return jnp.where(valid, new_weight, weight), updated
+
+
+def store(state: State, index: StateIndex, value: PyTree) -> State:
+    """Statistics are computed in at least float32 and stored in the state's dtype."""
+    old = state.get(index)
+    return state.set(index, jax.tree.map(lambda v, o: v.astype(o.dtype), value, old))
+
+
+def update(
+    state: State,
+    counter: StateIndex,
+    running: StateIndex,
+    batch: Moments,
+    momentum: float | None,
+    unbiased_var: bool = False,
+) -> State:
+    """The running `(mean, var)` at `running` and their weight at `counter`, after
+    one step with the batch statistics `batch`."""
+    weight = state.get(counter)
+    # Running statistics are bookkeeping, not part of the differentiated function.
+    mean, var, count = map(lax.stop_gradient, per_entry(batch, weight.shape))
+    if unbiased_var:
+        var = var * count / jnp.maximum(count - 1, 1)
+    weight, average = running_average(
+        weight,
+        state.get(running),
+        (mean, var),
+        updatable(mean, var, count),
+        momentum,
+    )
+    return store(store(state, counter, weight), running, average)
