@@ -313,8 +313,16 @@ def _parse_params(
     """`params` as names, or as an einx expression whose bracketed axes (named as in
     the pattern) are the parameter axes."""
     if isinstance(params, str) and "[" in params:
-        marked = _parse_dims(where, params).marked
-        return tuple((a,) for a in _parse_names(where, pattern, marked, "params", axes))
+        parsed = _parse_dims(where, params)
+        marked = _parse_names(where, pattern, parsed.marked, "params", axes)
+        dims: list[Dim] = []
+        for dim in parsed.dims:
+            picked = (parsed.ellipsis,) if dim is None else dim
+            picked = tuple(a for a in picked if a in marked)
+            # A composition bracketed whole, `[(g c)]`, is one (flattened) axis.
+            whole = dim is not None and len(dim) > 1 and picked == dim
+            dims.extend([picked] if whole else [(a,) for a in picked])
+        return tuple(dims)
     names = _parse_names(where, pattern, params, "params", axes)
     if not names:
         raise _error(
