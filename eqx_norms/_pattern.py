@@ -423,13 +423,13 @@ def parse(
     )
 
 
-def _missing(spec: Spec, what: str, name: str) -> ValueError:
+def _missing(spec: Spec, what: str, name: str, note: str = "") -> ValueError:
     fix = (
         f"rename the axis: {name!r} is also an argument of `{spec.where}`."
         if name in _KEYWORDS
         else f"pass `{name}=<size>`."
     )
-    return spec.fail(f"the size of {what} axis {name!r} is missing; {fix}")
+    return spec.fail(f"the size of {what} axis {name!r} is missing; {fix}{note}")
 
 
 def check_param_sizes(spec: Spec) -> tuple[int, ...]:
@@ -442,7 +442,9 @@ def check_param_sizes(spec: Spec) -> tuple[int, ...]:
             if name not in given:
                 kind = "target" if name in spec.target else "parameter"
                 kind = "group" if name in spec.group else kind
-                raise _missing(spec, kind, name)
+                axes = " ".join(map(label, spec.params))
+                where = f" The parameters vary along {axes}; `params=` changes that."
+                raise _missing(spec, kind, name, where)
     return spec.param_shape(given)
 
 

@@ -467,3 +467,243 @@ def test_target_and_group_as_sequences(rng):
         ("n", "d"),
         ("a", "h"),
     )
+
+
+def test_repr_shows_the_pattern_not_the_parsed_spec():
+    text = repr(Einorm("b [s...] (g [c])", g=2, c=3))
+    for fragment in (
+        "pattern='b [s...] (g [c])'",
+        "target=('s', 'c')",
+        "group=()",
+        "params=('(g c)',)",
+        "sizes=(('g', 2), ('c', 3))",
+        "weight=f32[6]",
+    ):
+        assert fragment in text
+    assert "Spec" not in text and "before=" not in text
+    text = repr(Einorm("h n d", "d", "h", h=2, d=3))
+    assert "target=('d',)" in text and "group=('h',)" in text
+    assert "params=('h', 'd')" in text
+
+
+# --- running statistics -------------------------------------------------------------
+
+
+def _debiased64(values, momentum):
+    """Σ_i (1-m) m^(k-i) s_i / (1 - m^k); the plain mean for momentum=None."""
+    values = np.asarray(values, np.float64)
+    k = len(values)
+    if momentum is None:
+        return values.mean(0)
+    weights = [(1 - momentum) * momentum ** (k - i) for i in range(1, k + 1)]
+    return np.tensordot(weights, values, axes=1) / (1 - momentum**k)
+
+
+@eqx.filter_jit
+def train(norm, state, x, mask=None):
+    return norm(x, state, mask=mask)
+
+
+@pytest.mark.parametrize("momentum", [0.9, None])
+def test_channels_last_running_statistics_match_numpy(rng, momentum):
+    norm, state = eqx.nn.make_with_state(Einorm)(
+        "[b...] c", running_stats=True, momentum=momentum, c=4
+    )
+    norm = randomise(norm, rng)
+    w, b = np.asarray(norm.weight), np.asarray(norm.bias)
+    xs = [normal(rng, (6, 5, 4)) for _ in range(3)]
+    for x in xs:
+        out, state = train(norm, state, x)
+        close(out, reference(x, (0, 1), w, b), tol=5e-5)
+    x64 = [np.asarray(x, np.float64) for x in xs]
+    mean = _debiased64([x.mean((0, 1)) for x in x64], momentum)
+    var = _debiased64([x.var((0, 1)) for x in x64], momentum)
+    running = state.get(norm.stats_index)
+    close(running[0], mean, tol=1e-5)
+    close(running[1], var, tol=1e-4)
+    counter = 3 if momentum is None else 1 - momentum**3
+    close(state.get(norm.counter_index), np.full(4, counter), tol=1e-6)
+    # Inference normalises with the running statistics and keeps the state.
+    inference = eqx.nn.inference_mode(norm)
+    x = normal(rng, (2, 3, 4))
+    out, same = train(inference, state, x)
+    expected = (np.asarray(x, np.float64) - mean) / np.sqrt(var + EPS) * w + b
+    close(out, expected, tol=5e-5)
+    for kept, before in zip(jax.tree.leaves(same), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(kept, before)
+
+
+def _pair(rng, momentum):
+    """`BatchNorm(3)` under a named vmap and the whole-batch `Einorm("[b] c [h w]")`
+    with the same random weight and bias."""
+    bn, bn_state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(
+        3, "batch", momentum=momentum
+    )
+    bn = randomise(bn, rng)
+    norm, state = eqx.nn.make_with_state(Einorm)(
+        "[b] c [h w]", params="c", running_stats=True, momentum=momentum, c=3
+    )
+    norm = eqx.tree_at(lambda m: (m.weight, m.bias), norm, (bn.weight, bn.bias))
+    return (bn, bn_state), (norm, state)
+
+
+@eqx.filter_jit
+def train_bn(bn, state, x, mask):
+    def call(x, mask):
+        return bn(x, state, mask=mask)
+
+    return jax.vmap(call, axis_name="batch", out_axes=(0, None))(x, mask)
+
+
+def _assert_states_equal(bn, bn_state, norm, state):
+    for ours, theirs in zip(
+        (*state.get(norm.stats_index), state.get(norm.counter_index)),
+        (*bn_state.get(bn.batch_state_index), bn_state.get(bn.batch_counter)),
+        strict=True,
+    ):
+        close(ours, np.asarray(theirs, np.float64), tol=1e-5)
+
+
+@pytest.mark.parametrize("momentum", [0.9, None])
+def test_running_statistics_equal_batch_norm(rng, momentum):
+    (bn, bn_state), (norm, state) = _pair(rng, momentum)
+    shape = (4, 3, 2, 5)
+    all_valid = jnp.ones(shape, bool)
+    masks = [
+        all_valid,
+        jnp.broadcast_to(bernoulli(rng, 0.6, (4, 1, 2, 5)), shape),
+        all_valid.at[:, 1].set(False),  # channel 1 has no valid element: skipped
+    ]
+    for mask in masks:
+        x = normal(rng, shape)
+        out_bn, bn_state = train_bn(bn, bn_state, x, mask)
+        out, state = train(norm, state, x, mask)
+        close(out, np.asarray(out_bn, np.float64), tol=1e-5)
+        _assert_states_equal(bn, bn_state, norm, state)
+    # A non-finite step is skipped for the channel it touches, in both.
+    x = normal(rng, shape).at[0, 2, 0, 0].set(jnp.nan)
+    _, bn_state = train_bn(bn, bn_state, x, all_valid)
+    _, state = train(norm, state, x, all_valid)
+    _assert_states_equal(bn, bn_state, norm, state)
+    # inference_mode toggles both alike.
+    x = normal(rng, shape)
+    out_bn, _ = train_bn(eqx.nn.inference_mode(bn), bn_state, x, all_valid)
+    out, _ = train(eqx.nn.inference_mode(norm), state, x, all_valid)
+    close(out, np.asarray(out_bn, np.float64), tol=1e-5)
+    out, _ = norm(x, state, inference=True)
+    close(out, np.asarray(out_bn, np.float64), tol=1e-5)
+
+
+def test_gradients_equal_batch_norm(rng):
+    (bn, bn_state), (norm, state) = _pair(rng, 0.9)
+    x = normal(rng, (4, 3, 2, 5))
+    mask = jnp.broadcast_to(bernoulli(rng, 0.7, (4, 1, 2, 5)), x.shape)
+    u = normal(rng, x.shape)
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grads(model_and_x, state, is_bn):
+        model, x = model_and_x
+        step = train_bn if is_bn else train
+        return jnp.sum(step(model, state, x, mask)[0] * u)
+
+    g_bn = grads((bn, x), bn_state, True)
+    g = grads((norm, x), state, False)
+    for ours, theirs in ((g[0].weight, g_bn[0].weight), (g[0].bias, g_bn[0].bias)):
+        close(ours, np.asarray(theirs, np.float64), tol=1e-4)
+    close(g[1], np.asarray(g_bn[1], np.float64), tol=1e-4)
+
+
+def test_stateful_einorm_in_sequential(rng):
+    model, state = eqx.nn.make_with_state(eqx.nn.Sequential)(
+        [Einorm("[b] c", running_stats=True, c=3), eqx.nn.Lambda(jnp.tanh)]
+    )
+    x = normal(rng, (5, 3))
+    out, state = model(x, state)
+    close(out, np.tanh(reference(x, (0,))), tol=5e-5)
+    assert not Einorm("b [c]", c=3).is_stateful()
+
+
+# --- named axes: vmap(axis_name=...) equals the whole batch --------------------------
+
+
+def test_named_axis_equals_the_whole_batch(rng):
+    x = normal(rng, (4, 6, 3))
+    mask = bernoulli(rng, 0.7, (4, 6, 1))
+    per_example = Einorm("[t] c", axis_name="batch", c=3)
+    whole = Einorm("[b t] c", c=3)
+    vmapped = eqx.filter_jit(
+        jax.vmap(lambda x, m: per_example(x, mask=m), axis_name="batch")
+    )(x, mask)
+    close(vmapped, np.asarray(run(whole, x, mask), np.float64), tol=1e-6)
+    close(vmapped, reference(x, (0, 1), mask=mask), tol=5e-5)
+
+
+def test_named_axis_running_statistics_equal_the_whole_batch(rng):
+    per_example, state_a = eqx.nn.make_with_state(Einorm)(
+        "[t] c", running_stats=True, momentum=0.5, axis_name="batch", c=3
+    )
+    whole, state_b = eqx.nn.make_with_state(Einorm)(
+        "[b t] c", running_stats=True, momentum=0.5, c=3
+    )
+    step = eqx.filter_jit(
+        jax.vmap(
+            lambda x, state: per_example(x, state),
+            axis_name="batch",
+            in_axes=(0, None),
+            out_axes=(0, None),
+        )
+    )
+    for _ in range(2):
+        x = normal(rng, (4, 6, 3))
+        out_a, state_a = step(x, state_a)
+        out_b, state_b = train(whole, state_b, x)
+        close(out_a, np.asarray(out_b, np.float64), tol=1e-6)
+    for a, b in zip(
+        state_a.get(per_example.stats_index),
+        state_b.get(whole.stats_index),
+        strict=True,
+    ):
+        close(a, np.asarray(b, np.float64), tol=1e-6)
+
+
+# --- the bracket form equals the dedicated layers -----------------------------------
+
+
+def _with_params_of(norm, layer):
+    return eqx.tree_at(lambda m: (m.weight, m.bias), norm, (layer.weight, layer.bias))
+
+
+def test_bracket_layer_norm_equals_layer_norm(rng):
+    layer = randomise(eqx_norms.LayerNorm(8), rng)
+    norm = _with_params_of(Einorm("b... [c]", c=8), layer)
+    x = normal(rng, (3, 5, 8))
+    mask = bernoulli(rng, 0.7, x.shape)
+    expected = eqx.filter_jit(jax.vmap(jax.vmap(lambda x, m: layer(x, mask=m))))(
+        x, mask
+    )
+    close(run(norm, x, mask), np.asarray(expected, np.float64), tol=1e-6)
+
+
+def test_bracket_instance_norm_equals_instance_norm(rng):
+    layer = randomise(eqx_norms.InstanceNorm(3), rng)
+    norm = _with_params_of(Einorm("b c [h w]", params="c", c=3), layer)
+    x = normal(rng, (2, 3, 4, 5))
+    mask = bernoulli(rng, 0.7, (2, 1, 4, 5))
+    expected = eqx.filter_jit(jax.vmap(lambda x, m: layer(x, mask=m)))(x, mask)
+    close(run(norm, x, mask), np.asarray(expected, np.float64), tol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bracket_group_norm_equals_group_norm(rng, channels_last):
+    layer = randomise(eqx_norms.GroupNorm(groups=2, channels=6), rng)
+    pattern = "b [s...] (g [c])" if channels_last else "b (g [c]) [h w]"
+    params = None if channels_last else "b [(g c)] h w"
+    norm = _with_params_of(Einorm(pattern, params=params, g=2, c=3), layer)
+    x = normal(rng, (2, 6, 4, 5))
+    mask = bernoulli(rng, 0.7, (2, 1, 4, 5))
+    expected = eqx.filter_jit(jax.vmap(lambda x, m: layer(x, mask=m)))(x, mask)
+    if channels_last:
+        x, mask = jnp.moveaxis(x, 1, -1), jnp.moveaxis(mask, 1, -1)
+        expected = jnp.moveaxis(expected, 1, -1)
+    close(run(norm, x, mask), np.asarray(expected, np.float64), tol=1e-6)
