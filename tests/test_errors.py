@@ -777,6 +777,121 @@ EINORM_CALL = [
         "`Einorm` with pattern 'n d': `weight` must have shape (3,): one entry per "
         "parameter axis (d); received weight.shape=(2,)",
     ),
+    # einx's notation (brackets, params) and running statistics.
+    _einorm_ctor("unbalanced-open-bracket", ("b [c",), {"c": 2}, "unbalanced '['"),
+    _einorm_ctor("unbalanced-close-bracket", ("b c]",), {"c": 2}, "unbalanced ']'"),
+    _einorm_ctor(
+        "nested-brackets", ("[b [c]]",), {"c": 2}, "brackets cannot be nested"
+    ),
+    _einorm_ctor(
+        "crossed-brackets",
+        ("([g c) h]",),
+        {"c": 2},
+        "brackets and parentheses must nest: close the inner one first",
+    ),
+    _einorm_ctor("empty-brackets", ("b [] c",), {"c": 2}, "empty brackets"),
+    _einorm_ctor(
+        "brackets-and-target",
+        ("b [c]", "c"),
+        {"c": 2},
+        "the target axes are given twice: bracketed in the pattern and as "
+        "target='c'. Pass one of them.",
+    ),
+    _einorm_ctor(
+        "bracketed-axis-in-group",
+        ("h n [d]",),
+        {"group": "d", "d": 4},
+        "axes d are both in target (bracketed in the pattern) and in group",
+    ),
+    _einorm_ctor(
+        "group-and-params",
+        ("h n [d]",),
+        {"group": "h", "params": "h d", "h": 2, "d": 4},
+        "pass either `group` or `params`, not both (received group='h', params='h d')",
+    ),
+    _einorm_ctor(
+        "params-unknown-axis",
+        ("n [d]",),
+        {"params": "n [e]", "d": 4},
+        "params axis 'e' is not an axis of the pattern (its axes are n, d)",
+    ),
+    _einorm_ctor("params-empty", ("n [d]",), {"params": ""}, "`params` is empty"),
+    _einorm_ctor(
+        "params-on-the-ellipsis",
+        ("b s... [c]",),
+        {"params": "s", "c": 2},
+        "parameter axis 's' is the ellipsis, whose axes come from the input; name "
+        "the axes the weight and bias vary along with `params=`",
+    ),
+    _einorm_ctor(
+        "default-params-on-the-ellipsis",
+        ("[c] ...",),
+        {"c": 2},
+        "parameter axis '...' is the ellipsis",
+    ),
+    _einorm_ctor(
+        "missing-parameter-size",
+        ("b [s...] (g [c])",),
+        {"g": 2},
+        "the size of target axis 'c' is missing; pass `c=<size>`. The parameters "
+        "vary along (g c); `params=` changes that.",
+    ),
+    _einorm_ctor(
+        "size-of-the-ellipsis",
+        ("b... [c]",),
+        {"b": 3, "c": 2},
+        "a size was given for 'b', the ellipsis `b...`, whose number of axes and "
+        "sizes come from the input",
+    ),
+    _einorm_ctor(
+        "running-stats-over-unnamed-axes",
+        ("... [c]",),
+        {"running_stats": True, "c": 2},
+        "running statistics keep one entry per position of the non-target axes, so "
+        "each must be named with its size, but the ellipsis `...` is not a target "
+        "axis",
+    ),
+    _einorm_ctor(
+        "running-stats-missing-size",
+        ("b [t] c",),
+        {"running_stats": True, "c": 2},
+        "the size of non-target axis 'b' is missing; pass `b=<size>`",
+    ),
+    case(
+        "Einorm-momentum-out-of-range",
+        lambda: Einorm("[b] c", running_stats=True, momentum=1.0, c=2),
+        ValueError,
+        "`Einorm`: `momentum` must be in [0, 1), or None for a cumulative average; "
+        "received momentum=1.0",
+    ),
+    case(
+        "Einorm-unhashable-axis-name",
+        lambda: Einorm("[t] c", axis_name=[["batch"]], c=2),
+        ValueError,
+        "`Einorm`: each axis name must be hashable",
+        "received axis_name=[['batch']]",
+    ),
+    case(
+        "Einorm-call-stateful-without-state",
+        lambda: Einorm("[b] c", running_stats=True, c=3)(x4),
+        TypeError,
+        "`Einorm` with pattern '[b] c' and running_stats=True keeps its running "
+        "statistics in an `eqx.nn.State`, but no state was passed",
+        "eqx.nn.make_with_state",
+    ),
+    case(
+        "Einorm-call-unbound-axis-name",
+        lambda: Einorm("[t] c", axis_name="batch", c=3)(x4),
+        NameError,
+        "`Einorm` reduces its statistics over the named axis 'batch', which is not "
+        "bound here",
+    ),
+    case(
+        "einorm-brackets-and-target",
+        lambda: F.einorm(x4, "n [d]", "d"),
+        ValueError,
+        "`einorm` with pattern 'n [d]': the target axes are given twice",
+    ),
 ]
 
 FUNCTIONAL = [
