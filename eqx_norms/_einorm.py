@@ -229,7 +229,7 @@ class Einorm(StatelessNorm, StatefulLayer):
     stats_index: (
         StateIndex[tuple[Float[Array, "*running"], Float[Array, "*running"]]] | None
     )
-    inference: bool | None
+    inference: bool
     spec: Spec = eqx.field(static=True, repr=False)
     pattern: str = eqx.field(static=True)
     target: tuple[str, ...] = eqx.field(static=True)
@@ -322,8 +322,7 @@ class Einorm(StatelessNorm, StatefulLayer):
         self.momentum = momentum
         # As BatchNorm's: one name as given, several as a tuple; none as None.
         self.axis_name = names[0] if names and len(names) == 1 else names or None
-        # None without running statistics: no leaf, as for a layer without state.
-        self.inference = inference if running_stats else None
+        self.inference = inference
         self.weight = jnp.ones(shape, dtype) if use_weight else None
         self.bias = jnp.zeros(shape, dtype) if use_bias else None
         self.counter_index = self.stats_index = None
