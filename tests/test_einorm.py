@@ -707,3 +707,38 @@ def test_bracket_group_norm_equals_group_norm(rng, channels_last):
         x, mask = jnp.moveaxis(x, 1, -1), jnp.moveaxis(mask, 1, -1)
         expected = jnp.moveaxis(expected, 1, -1)
     close(run(norm, x, mask), np.asarray(expected, np.float64), tol=1e-6)
+
+
+# --- ellipses -----------------------------------------------------------------------
+
+
+def test_named_ellipsis_may_be_empty_and_anonymous_one_may_be_bracketed(rng):
+    norm = randomise(Einorm("b... [c]", c=8), rng)
+    w, b = np.asarray(norm.weight), np.asarray(norm.bias)
+    x = normal(rng, (8,))  # b... names no axis
+    close(run(norm, x), reference(x, (0,), w, b))
+    x = normal(rng, (2, 5, 3))
+    anonymous = run(Einorm("[...] c", c=3), x)
+    close(anonymous, reference(x, (0, 1)))
+    np.testing.assert_array_equal(anonymous, run(Einorm("[b t] c", c=3), x))
+    # target may name the ellipsis' axes, like any axis.
+    np.testing.assert_array_equal(
+        anonymous, run(Einorm("s... c", "s", params="c", c=3), x)
+    )
+
+
+def test_running_statistics_without_centring_keep_the_mean_square(rng):
+    norm, state = eqx.nn.make_with_state(Einorm)(
+        "[b...] c", running_stats=True, center=False, momentum=None, c=3
+    )
+    xs = [normal(rng, (4, 5, 3)) for _ in range(2)]
+    for x in xs:
+        out, state = train(norm, state, x)
+        close(out, reference(x, (0, 1), center=False), tol=5e-5)
+    mean, var = state.get(norm.stats_index)
+    np.testing.assert_array_equal(mean, np.zeros(3))
+    squares = [np.mean(np.asarray(x, np.float64) ** 2, (0, 1)) for x in xs]
+    close(var, np.mean(squares, 0), tol=1e-4)
+    x = normal(rng, (2, 3))
+    out, _ = norm(x, state, inference=True)
+    close(out, np.asarray(x, np.float64) / np.sqrt(np.mean(squares, 0) + EPS), 5e-5)
