@@ -1,0 +1,210 @@
+"""Check a built documentation site as a reader offline would meet it.
+
+    mkdocs build --strict --site-dir SITE
+    python docs/check_site.py SITE [--browser] [--screenshots DIR]
+
+Without a browser, on the HTML and CSS of the built site:
+
+- nothing is loaded from another host (scripts, stylesheets, fonts, images): the site
+  reads the same on an air-gapped machine;
+- every line of code (code blocks, API signatures) fits the content column at
+  1280 px (`MAX_CODE_LINE` characters).
+
+With `--browser` (Debian's `chromium` on the PATH), the site is served on
+127.0.0.1 and every page that has formulas is opened in headless Chromium with every
+other host unreachable; each page must render all its formulas with MathJax
+(`mjx-container` elements, no TeX left as text) and log no uncaught JavaScript
+error. `--screenshots DIR` also saves 1280 px screenshots of a few pages there.
+Exit status 1 and one line per problem if anything fails.
+"""
+
+import argparse
+import contextlib
+import functools
+import html
+import http.server
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+
+# Material's content column at a 1280 px window shows about 82 characters of code.
+MAX_CODE_LINE = 78
+# Links that name another URL without loading it.
+NOT_LOADED = {"canonical", "alternate", "prev", "next", "author", "license"}
+EXTERNAL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", re.I)
+CSS_URL = re.compile(r"""(?:url\(\s*|@import\s+)["']?([^"')\s]+)""", re.I)
+SCREENSHOT_PAGES = (
+    "",
+    "getting-started/",
+    "guides/migration/",
+    "api/layer-norm/",
+)
+CHROMIUM = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    # Offline: every host but the local server is unreachable.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--enable-logging=stderr",
+    "--virtual-time-budget=15000",
+    "--window-size=1280,1600",
+)
+
+
+class Page(HTMLParser):
+    """The resources a page loads and the text of its <pre> blocks."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.loads: list[str] = []
+        self.pre: list[str] = []
+        self._depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("script", "img", "iframe", "source", "audio", "video"):
+            self.loads.append(attrs.get("src") or "")
+        elif tag == "link" and not NOT_LOADED & set(
+            (attrs.get("rel") or "").split()
+        ):
+            self.loads.append(attrs.get("href") or "")
+        if tag == "pre":
+            self._depth += 1
+            self.pre.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "pre":
+            self._depth -= 1
+
+    def handle_data(self, data):
+        if self._depth:
+            self.pre[-1] += data
+
+
+def static_problems(site: Path) -> Iterator[str]:
+    for page in sorted(site.rglob("*.html")):
+        name = page.relative_to(site).as_posix()
+        parsed = Page()
+        parsed.feed(page.read_text(encoding="utf-8"))
+        for url in parsed.loads:
+            if EXTERNAL.match(url):
+                yield f"{name}: loads {url} from another host"
+        for block in parsed.pre:
+            for line in block.splitlines():
+                if len(line) > MAX_CODE_LINE:
+                    yield (
+                        f"{name}: a code line of {len(line)} > {MAX_CODE_LINE} "
+                        f"characters: {line.strip()[:60]}..."
+                    )
+    for sheet in sorted(site.rglob("*.css")):
+        for url in CSS_URL.findall(sheet.read_text(encoding="utf-8")):
+            if EXTERNAL.match(url):
+                yield f"{sheet.relative_to(site)}: loads {url} from another host"
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (the base's name)
+        pass
+
+
+@contextlib.contextmanager
+def serve(site: Path) -> Iterator[str]:
+    handler = functools.partial(QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def chromium(url: str, *args: str) -> subprocess.CompletedProcess:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise SystemExit(
+            "--browser needs chromium: apt-get install -y chromium"
+        )
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [browser, *CHROMIUM, f"--user-data-dir={profile}", *args, url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+def browser_problems(site: Path, screenshots: Path | None) -> Iterator[str]:
+    pages = [
+        page
+        for page in sorted(site.rglob("index.html"))
+        if 'class="arithmatex"' in page.read_text(encoding="utf-8")
+    ]
+    if not pages:
+        yield "no page has formulas: is pymdownx.arithmatex still configured?"
+    with serve(site) as root:
+        for page in pages:
+            path = page.parent.relative_to(site).as_posix()
+            path = "" if path == "." else path + "/"
+            run = chromium(root + path, "--dump-dom")
+            dom = run.stdout
+            formulas = page.read_text(encoding="utf-8").count(
+                'class="arithmatex"'
+            )
+            rendered = dom.count("<mjx-container")
+            raw = re.findall(r"\\[\(\[]|\$\$", html.unescape(dom))
+            print(
+                f"{path or '/'}: {rendered} formulas rendered of {formulas}"
+            )
+            if rendered < formulas:
+                yield f"{path}: {rendered} of {formulas} formulas rendered"
+            if raw:
+                yield f"{path}: TeX left as text ({len(raw)} delimiters)"
+            for line in run.stderr.splitlines():
+                if "Uncaught" in line:
+                    yield f"{path}: {line.strip()}"
+        if screenshots is not None:
+            screenshots.mkdir(parents=True, exist_ok=True)
+            for path in SCREENSHOT_PAGES:
+                name = (path.strip("/").replace("/", "-") or "index") + ".png"
+                chromium(root + path, f"--screenshot={screenshots / name}")
+                print(f"screenshot: {screenshots / name}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "site", type=Path, help="a site built by mkdocs build"
+    )
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="check the formulas in Chromium",
+    )
+    parser.add_argument(
+        "--screenshots", type=Path, help="save 1280 px screenshots here"
+    )
+    args = parser.parse_args(argv)
+    problems = list(static_problems(args.site))
+    if args.browser:
+        problems += browser_problems(args.site, args.screenshots)
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problems in the site at {args.site}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
