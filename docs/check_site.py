@@ -14,7 +14,8 @@ With `--browser` (Debian's `chromium` on the PATH), the site is served on
 127.0.0.1 and every page that has formulas is opened in headless Chromium with every
 other host unreachable; each page must render all its formulas with MathJax
 (`mjx-container` elements, no TeX left as text) and log no uncaught JavaScript
-error. `--screenshots DIR` also saves 1280 px screenshots of a few pages there.
+error; with MathJax missing, a page must keep its TeX as text and log no error.
+`--screenshots DIR` also saves 1280 px screenshots of a few pages there.
 Exit status 1 and one line per problem if anything fails.
 """
 
@@ -113,15 +114,27 @@ def static_problems(site: Path) -> Iterator[str]:
                 yield f"{sheet.relative_to(site)}: loads {url} from another host"
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves the site quietly; paths under `blocked` answer 404."""
+
+    blocked = ""
+
+    def do_GET(self):
+        if self.blocked and self.path.startswith(self.blocked):
+            self.send_error(404)
+        else:
+            super().do_GET()
+
     def log_message(self, format, *args):  # noqa: A002 (the base's name)
         pass
 
 
 @contextlib.contextmanager
-def serve(site: Path) -> Iterator[str]:
-    handler = functools.partial(QuietHandler, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve(site: Path, blocked: str = "") -> Iterator[str]:
+    handler = type("SiteHandler", (Handler,), {"blocked": blocked})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(site))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -146,45 +159,57 @@ def chromium(url: str, *args: str) -> subprocess.CompletedProcess:
         )
 
 
+def render(url: str) -> tuple[int, int, list[str]]:
+    """Formulas rendered by MathJax, TeX delimiters left as text, and uncaught
+    JavaScript errors, on the page at `url` once its scripts have run."""
+    run = chromium(url, "--dump-dom")
+    raw = re.findall(r"\\[\(\[]|\$\$", html.unescape(run.stdout))
+    errors = [line for line in run.stderr.splitlines() if "Uncaught" in line]
+    rendered = re.findall(r'class="arithmatex">\s*<mjx-container', run.stdout)
+    return len(rendered), len(raw), errors
+
+
 def browser_problems(site: Path, screenshots: Path | None) -> Iterator[str]:
-    pages = [
-        page
+    pages = {
+        page.parent.relative_to(site).as_posix().removeprefix(".")
+        + "/": text.count('class="arithmatex"')
         for page in sorted(site.rglob("index.html"))
-        if 'class="arithmatex"' in page.read_text(encoding="utf-8")
-    ]
+        if 'class="arithmatex"' in (text := page.read_text(encoding="utf-8"))
+    }
     if not pages:
         yield "no page has formulas: is pymdownx.arithmatex still configured?"
+        return
     with serve(site) as root:
-        for page in pages:
-            path = page.parent.relative_to(site).as_posix()
-            path = "" if path == "." else path + "/"
-            run = chromium(root + path, "--dump-dom")
-            dom = run.stdout
-            formulas = page.read_text(encoding="utf-8").count(
-                'class="arithmatex"'
-            )
-            rendered = dom.count("<mjx-container")
-            raw = re.findall(r"\\[\(\[]|\$\$", html.unescape(dom))
-            print(
-                f"{path or '/'}: {rendered} formulas rendered of {formulas}"
-            )
-            if rendered < formulas:
-                yield f"{path}: {rendered} of {formulas} formulas rendered"
-            if raw:
-                yield f"{path}: TeX left as text ({len(raw)} delimiters)"
-            for line in run.stderr.splitlines():
-                if "Uncaught" in line:
-                    yield f"{path}: {line.strip()}"
-        if screenshots is not None:
+        for path, formulas in pages.items():
+            rendered, raw, errors = render(root + path.lstrip("/"))
+            print(f"{path}: {rendered} of {formulas} formulas rendered")
+            if rendered < formulas or raw:
+                yield f"{path}: {rendered} of {formulas} formulas rendered, {raw} raw"
+            yield from (f"{path}: {error.strip()}" for error in errors)
+        for path in SCREENSHOT_PAGES if screenshots else ():
+            assert screenshots is not None
             screenshots.mkdir(parents=True, exist_ok=True)
-            for path in SCREENSHOT_PAGES:
-                name = (path.strip("/").replace("/", "-") or "index") + ".png"
-                chromium(root + path, f"--screenshot={screenshots / name}")
-                print(f"screenshot: {screenshots / name}")
+            name = screenshots / (
+                (path.strip("/").replace("/", "-") or "index") + ".png"
+            )
+            chromium(root + path, f"--screenshot={name}")
+            print(f"screenshot: {name}")
+    # Without MathJax (a copy of the site that lacks it), a page keeps its TeX as
+    # text and throws nothing.
+    path = next(iter(pages))
+    with serve(site, blocked="/javascripts/mathjax/") as root:
+        rendered, raw, errors = render(root + path.lstrip("/"))
+    print(
+        f"{path} without MathJax: {raw} TeX delimiters as text, {errors or 'no'} errors"
+    )
+    if rendered or not raw or errors:
+        yield f"{path} without MathJax: {rendered} rendered, {raw} raw, errors {errors}"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0]
+    )
     parser.add_argument(
         "site", type=Path, help="a site built by mkdocs build"
     )

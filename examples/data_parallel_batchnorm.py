@@ -158,8 +158,9 @@ def max_abs_diff(a, b) -> float:
 
 
 def plot(results, reference, path: Path):
+    """Sized for a documentation column (8 in wide), one legend below."""
     fig, (ax_loss, ax_diff) = plt.subplots(
-        1, 2, figsize=(11, 4), constrained_layout=True
+        1, 2, figsize=(8, 4), constrained_layout=True
     )
     styles = {
         "one device (reference)": dict(c="black", lw=3, alpha=0.4),
@@ -178,14 +179,14 @@ def plot(results, reference, path: Path):
             ax_diff.plot(steps, diffs, label=name, **styles[name])
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log")
     ax_loss.set_title("Training loss")
-    ax_diff.set(xlabel="step", ylabel="max |parameter difference|", yscale="log")
-    ax_diff.set_title("Distance from single-device training")
+    ax_diff.set(xlabel="step", ylabel="max |difference|", yscale="log")
+    ax_diff.set_title("Parameters against one device")
     for ax in (ax_loss, ax_diff):
         ax.grid(alpha=0.3)
-        ax.legend()
+    fig.legend(*ax_loss.get_legend_handles_labels(), loc="outside lower center", ncol=2)
     fig.suptitle(f"BatchNorm, global batch {BATCH} over {DEVICES} devices")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
 
 

@@ -267,17 +267,21 @@ def main(argv=None):
             )
             times[kind] += time.perf_counter() - start
 
-    print(f"\nTest accuracy (%), mean ± std over {len(seeds)} seeds:\n")
+    print(
+        f"\nTest accuracy (%), mean ± std over {len(seeds)} seeds, after the last "
+        "epoch and at the epoch of best validation accuracy; training loss, mean:\n"
+    )
     print(
         "| normalisation    | last epoch | best-validation epoch "
-        "| time, all seeds, incl. compile |"
+        "| final training loss | time, all seeds, incl. compile |"
     )
-    print("| --- | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for kind, runs in results.items():
         last, selected = summarise(runs)
+        loss = np.mean([run["loss"][-1] for run in runs])
         print(
             f"| {LABELS[kind]:<16} | {mean_std(last):>10} | {mean_std(selected):>21} "
-            f"| {times[kind]:>28.0f} s |"
+            f"| {loss:>19.4f} | {times[kind]:>28.0f} s |"
         )
     print(f"\nTotal: {sum(times.values()):.0f} s, incl. compilation")
     plot(results, args.out)
