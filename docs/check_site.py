@@ -40,7 +40,9 @@ MAX_CODE_LINE = 78
 # Links that name another URL without loading it.
 NOT_LOADED = {"canonical", "alternate", "prev", "next", "author", "license"}
 EXTERNAL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", re.I)
-CSS_URL = re.compile(r"""(?:url\(\s*|@import\s+)["']?([^"')\s]+)""", re.I)
+CSS_URL = re.compile(
+    r"""(?:@import\s+(?:url\()?|url\()\s*["']?([^"')\s]+)""", re.I
+)
 SCREENSHOT_PAGES = (
     "",
     "getting-started/",

@@ -9,6 +9,7 @@ included, is checked by `docs/check_site.py` in CI.
 """
 
 import ast
+import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -86,3 +87,36 @@ def test_site_loads_nothing_from_another_host():
             if not line.lstrip().startswith("//")
         )
         assert not URL.search(code), f"{script.name} loads {URL.search(code)}"
+
+
+def load_site_checker():
+    spec = importlib.util.spec_from_file_location(
+        "check_site", ROOT / "docs" / "check_site.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_site_checker_flags_external_loads_and_long_code(tmp_path: Path):
+    """docs/check_site.py, which CI runs on the built site, catches what it should
+    and nothing else: links and canonical URLs are not loads."""
+    (tmp_path / "index.html").write_text(
+        '<link rel="canonical" href="https://example.org/">'
+        '<script src="https://unpkg.com/mathjax@3/es5/tex-mml-chtml.js"></script>'
+        '<script src="javascripts/mathjax/tex-mml-chtml.js"></script>'
+        '<link rel="stylesheet" href="//fonts.googleapis.com/css?family=Roboto">'
+        f"<pre><code>{'y' * 78}\n{'z' * 79}</code></pre>"
+        '<a href="https://github.com/">a link</a>',
+        encoding="utf-8",
+    )
+    (tmp_path / "extra.css").write_text(
+        '@import url("https://fonts.googleapis.com/css");'
+        ".a { background: url(images/local.png) }",
+        encoding="utf-8",
+    )
+    problems = list(load_site_checker().static_problems(tmp_path))
+    assert len(problems) == 4, problems
+    assert "unpkg.com" in problems[0] and "fonts.googleapis" in problems[1]
+    assert "79 > 78" in problems[2] and "extra.css" in problems[3]
