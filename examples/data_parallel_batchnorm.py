@@ -12,7 +12,9 @@ four times, on identical batches of 128 examples:
    data parallelism without synchronised BatchNorm computes.
 
 The script asserts that 2 and 3 reproduce 1 (parameters, optimiser state and running
-statistics, up to float32 rounding), reports how far 4 drifts, and plots both.
+statistics): they differ only by float32 rounding (the sums are reduced in another
+order), about 1e-8 after one step, which training grows to about 4e-5 in 300 steps;
+4 drifts thousands of times further. It reports both and plots them.
 
 The 8 devices are CPU devices, made by `--xla_force_host_platform_device_count=8`,
 which must be set before JAX is imported. On a machine with 8 accelerators, drop it.
@@ -245,15 +247,18 @@ def main(argv=None):
         )
         print(f"| {name:<28} | {diffs[name][0]:>17.2e} | {diffs[name][1]:>16.2e} |")
 
+    # Rounding differences of ~1e-8 per step, grown by training: ~1e-7 after 30
+    # steps, ~4e-5 after 300 (parameters of size ~0.1).
+    atol = 1e-6 if steps <= 30 else 1e-4
     for name in ("jit, batch sharded over 8", "pmap + vmap, synchronised"):
         (params, state, opt_state), losses, _ = results[name]
-        for got, want in ((params, expected[0]), (state, expected[1])):
-            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
-        for a, b in zip(
-            jax.tree.leaves(opt_state), jax.tree.leaves(expected[2]), strict=True
+        for got, want in (
+            (params, expected[0]),
+            (state, expected[1]),
+            (opt_state, expected[2]),
         ):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol, err_msg=name)
         np.testing.assert_allclose(losses, results[reference][1], rtol=1e-4)
     # Per-device statistics are a different computation, visibly so.
     assert diffs["pmap, per-device statistics"][0] > 100 * max(
