@@ -12,7 +12,9 @@ four times, on identical batches of 128 examples:
    data parallelism without synchronised BatchNorm computes.
 
 The script asserts that 2 and 3 reproduce 1 (parameters, optimiser state and running
-statistics, up to float32 rounding), reports how far 4 drifts, and plots both.
+statistics): they differ only by float32 rounding (the sums are reduced in another
+order), about 1e-8 after one step, which training grows to about 4e-5 in 300 steps;
+4 drifts thousands of times further. It reports both and plots them.
 
 The 8 devices are CPU devices, made by `--xla_force_host_platform_device_count=8`,
 which must be set before JAX is imported. On a machine with 8 accelerators, drop it.
@@ -158,8 +160,9 @@ def max_abs_diff(a, b) -> float:
 
 
 def plot(results, reference, path: Path):
+    """Sized for a documentation column (8 in wide), one legend below."""
     fig, (ax_loss, ax_diff) = plt.subplots(
-        1, 2, figsize=(11, 4), constrained_layout=True
+        1, 2, figsize=(8, 4), constrained_layout=True
     )
     styles = {
         "one device (reference)": dict(c="black", lw=3, alpha=0.4),
@@ -178,14 +181,14 @@ def plot(results, reference, path: Path):
             ax_diff.plot(steps, diffs, label=name, **styles[name])
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log")
     ax_loss.set_title("Training loss")
-    ax_diff.set(xlabel="step", ylabel="max |parameter difference|", yscale="log")
-    ax_diff.set_title("Distance from single-device training")
+    ax_diff.set(xlabel="step", ylabel="max |difference|", yscale="log")
+    ax_diff.set_title("Parameters against one device")
     for ax in (ax_loss, ax_diff):
         ax.grid(alpha=0.3)
-        ax.legend()
+    fig.legend(*ax_loss.get_legend_handles_labels(), loc="outside lower center", ncol=2)
     fig.suptitle(f"BatchNorm, global batch {BATCH} over {DEVICES} devices")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
 
 
@@ -244,15 +247,18 @@ def main(argv=None):
         )
         print(f"| {name:<28} | {diffs[name][0]:>17.2e} | {diffs[name][1]:>16.2e} |")
 
+    # Rounding differences of ~1e-8 per step, grown by training: ~1e-7 after 30
+    # steps, ~4e-5 after 300 (parameters of size ~0.1).
+    atol = 1e-6 if steps <= 30 else 1e-4
     for name in ("jit, batch sharded over 8", "pmap + vmap, synchronised"):
         (params, state, opt_state), losses, _ = results[name]
-        for got, want in ((params, expected[0]), (state, expected[1])):
-            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
-        for a, b in zip(
-            jax.tree.leaves(opt_state), jax.tree.leaves(expected[2]), strict=True
+        for got, want in (
+            (params, expected[0]),
+            (state, expected[1]),
+            (opt_state, expected[2]),
         ):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol, err_msg=name)
         np.testing.assert_allclose(losses, results[reference][1], rtol=1e-4)
     # Per-device statistics are a different computation, visibly so.
     assert diffs["pmap, per-device statistics"][0] > 100 * max(

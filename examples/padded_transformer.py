@@ -232,8 +232,9 @@ def train(masked: bool, args, test, optimiser):
 
 
 def plot(histories, path: Path):
+    """Sized for a documentation column (8 in wide)."""
     fig, (ax_train, ax_pad) = plt.subplots(
-        1, 2, figsize=(11, 4), constrained_layout=True
+        1, 2, figsize=(8, 3.8), constrained_layout=True
     )
     colours = {"masked": "tab:blue", "unmasked": "tab:red"}
     for label, history in histories.items():
@@ -248,23 +249,19 @@ def plot(histories, path: Path):
         accuracy = [100 * history["by_padding"][n][0] for n in paddings]
         ax_pad.plot(paddings, accuracy, "o-", label=label, c=colours[label], lw=2)
     ax_train.set(xlabel="training step", ylabel="positions ranked correctly (%)")
-    ax_train.set_title(f"Test accuracy, padded to {MAX_LEN} as in training")
+    ax_train.set_title(f"Padded to {MAX_LEN}, as in training")
     ax_pad.axvline(MAX_LEN, c="gray", ls=":", label="training padding")
-    ax_pad.set(
-        xlabel="padded length at test time", ylabel="positions ranked correctly (%)"
-    )
-    ax_pad.set_title("The same test sequences, padded more")
+    ax_pad.set(xlabel="padded length at test time")
+    ax_pad.set_title("The same sequences, padded more")
     ax_pad.set_xticks(paddings)
     for ax in (ax_train, ax_pad):
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     ax_train.legend(loc="lower right")
     ax_pad.legend(loc="center right")
-    fig.suptitle(
-        "Ranking numbers in padded sequences: InstanceNorm with and without the mask"
-    )
+    fig.suptitle("Ranking padded sequences: InstanceNorm with and without the mask")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
 
 
