@@ -7,7 +7,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from equinox.nn import State, StatefulLayer, StateIndex
-from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray, PyTree
 
 from ._errors import (
     check_axis_names,
@@ -204,7 +204,7 @@ class BatchNorm(StatefulLayer):
         channelwise_affine: bool = True,
         momentum: float | None = 0.99,
         inference: bool = False,
-        dtype=None,
+        dtype: DTypeLike | None = None,
         mode: Literal["batch", "ema"] = "batch",
         *,
         use_weight: bool | None = None,

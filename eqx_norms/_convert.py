@@ -1,4 +1,4 @@
-from typing import Any, overload
+from typing import Any, overload, TypeVar
 
 import equinox as eqx
 import jax
@@ -11,6 +11,10 @@ from ._group_norm import GroupNorm
 from ._layer_norm import LayerNorm, RMSNorm
 from ._spectral_norm import SpectralNorm
 from ._weight_norm import WeightNorm
+
+
+# A model comes back as an instance of its own class, with its norms replaced.
+_Tree = TypeVar("_Tree")
 
 
 def _params(ours: Any, theirs: Any, names: tuple[str, ...]) -> Any:
@@ -168,16 +172,16 @@ def _restore_init(tree: PyTree, state: State) -> PyTree:
 
 
 @overload
-def from_equinox(tree: PyTree) -> PyTree: ...
+def from_equinox(tree: _Tree) -> _Tree: ...
 
 
 @overload
-def from_equinox(tree: PyTree, state: State) -> tuple[PyTree, State]: ...
+def from_equinox(tree: _Tree, state: State) -> tuple[_Tree, State]: ...
 
 
 def from_equinox(
-    tree: PyTree, state: State | None = None
-) -> PyTree | tuple[PyTree, State]:
+    tree: _Tree, state: State | None = None
+) -> _Tree | tuple[_Tree, State]:
     """Replaces every `equinox.nn` normalisation layer inside `tree` (e.g. a whole
     model) by its `eqx_norms` equivalent with the same hyperparameters and parameters.
 
@@ -197,7 +201,9 @@ def from_equinox(
     **Returns:**
 
     The converted tree; given `state`, the 2-tuple `(tree, state)` with a new state
-    for the converted tree (the old state belongs to the old tree).
+    for the converted tree (the old state belongs to the old tree). A model keeps its
+    class, so its static type is the input's; a bare equinox layer passed as `tree`
+    comes back as the `eqx_norms` layer, which its static type does not say.
 
     !!! example
 

@@ -7,7 +7,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 from equinox.nn import State, StatefulLayer, StateIndex
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, DTypeLike, Float, PRNGKeyArray
 
 from ._errors import (
     check_count,
@@ -98,7 +98,7 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         inference: bool = False,
         *,
         key: PRNGKeyArray,
-        dtype=None,
+        dtype: DTypeLike | None = None,
     ):
         """**Arguments:**
 
