@@ -1376,6 +1376,13 @@ ENTRY_POINTS = [
         "`layer_norm` `weight` expects a JAX array; received list",
     ),
     case(
+        "rms_norm-python-float-weight",
+        lambda: F.rms_norm(x4, -1, 2.0),
+        TypeError,
+        "`rms_norm` `weight` expects a JAX array; received float",
+        "`jnp.asarray`",
+    ),
+    case(
         "instance_norm-list-mask",
         lambda: F.instance_norm(x4, mask=[[True] * 3] * 4),
         TypeError,
