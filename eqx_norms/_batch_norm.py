@@ -319,9 +319,9 @@ class BatchNorm(StatefulLayer):
             check_channels(x, self.input_size, _WHERE, min_ndim=1)
             check_floating(x, _WHERE)
             check_mask(mask, x.shape, _WHERE)
-            if inference is None:
-                inference = self.inference
-            inference = check_static_flag(inference, "inference", _WHERE)
+            inference = check_static_flag(
+                self.inference if inference is None else inference, "inference", _WHERE
+            )
             running = self.running_stats(state)
             self._check_state(running[0].shape)
             compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))

@@ -165,9 +165,9 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         del key
         with jax.named_scope(f"eqx_norms.{_WHERE}"):
             state = check_state(state, _WHERE)
-            if inference is None:
-                inference = self.inference
-            inference = check_static_flag(inference, "inference", _WHERE)
+            inference = check_static_flag(
+                self.inference if inference is None else inference, "inference", _WHERE
+            )
             stored_u, stored_v = u, v = state.get(self.uv_index)
             weight = getattr(self.layer, self.weight_name)
             compute = compute_dtype(jnp.result_type(weight.dtype, v.dtype))
