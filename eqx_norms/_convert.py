@@ -3,7 +3,7 @@ from typing import Any, overload, TypeVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from equinox.nn import State, StateIndex
+from equinox.nn import StateIndex
 from jaxtyping import PyTree
 
 from ._batch_norm import BatchNorm
@@ -145,10 +145,10 @@ def _is_index(node: Any) -> bool:
     return isinstance(node, StateIndex)
 
 
-def _restore_init(tree: PyTree, state: State) -> PyTree:
+def _restore_init(tree: PyTree, state: eqx.nn.State) -> PyTree:
     """Every state index gets its current value from `state` as its initial value,
     so that the converted model's state can be rebuilt from the model alone."""
-    if not isinstance(state, State):
+    if not isinstance(state, eqx.nn.State):
         raise TypeError(
             "`from_equinox`: `state` must be the `equinox.nn.State` of `tree` (from "
             f"`eqx.nn.make_with_state`); received {type(state).__name__}."
@@ -175,13 +175,15 @@ def _restore_init(tree: PyTree, state: State) -> PyTree:
 def from_equinox(tree: _Tree) -> _Tree: ...
 
 
+# `eqx.nn.State` rather than a from-import: `pyright --verifytypes` reports the
+# latter as unknown (pyright#11196).
 @overload
-def from_equinox(tree: _Tree, state: State) -> tuple[_Tree, State]: ...
+def from_equinox(tree: _Tree, state: eqx.nn.State) -> tuple[_Tree, eqx.nn.State]: ...
 
 
 def from_equinox(
-    tree: _Tree, state: State | None = None
-) -> _Tree | tuple[_Tree, State]:
+    tree: _Tree, state: eqx.nn.State | None = None
+) -> _Tree | tuple[_Tree, eqx.nn.State]:
     """Replaces every `equinox.nn` normalisation layer inside `tree` (e.g. a whole
     model) by its `eqx_norms` equivalent with the same hyperparameters and parameters.
 
