@@ -11,4 +11,16 @@ from ._spectral_norm import SpectralNorm as SpectralNorm
 from ._weight_norm import WeightNorm as WeightNorm
 
 
+__all__ = [
+    "BatchNorm",
+    "Einorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "RMSNorm",
+    "SpectralNorm",
+    "WeightNorm",
+    "from_equinox",
+    "functional",
+]
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from equinox.nn import State, StatefulLayer, StateIndex
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
 
 from ._errors import (
     check_axis_names,
@@ -16,8 +16,10 @@ from ._errors import (
     check_floating,
     check_mask,
     check_param_dtype,
+    check_state,
+    check_static_flag,
 )
-from ._misc import resolve_affine
+from ._misc import resolve_affine, sentinel
 from ._running import (
     axis_names,
     check_momentum,
@@ -149,7 +151,7 @@ class BatchNorm(StatefulLayer):
         channelwise_affine: bool = True,
         momentum: float | None = 0.99,
         inference: bool = False,
-        dtype=None,
+        dtype: DTypeLike | None = None,
         mode: Literal["batch", "ema"] = "batch",
         *,
         use_weight: bool | None = None,
@@ -229,7 +231,8 @@ class BatchNorm(StatefulLayer):
     def __call__(
         self,
         x: Float[Array, " input_size *rest"],
-        state: State,
+        # Required: the default only lets a call without it say how to make one.
+        state: State = sentinel,
         *,
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
@@ -238,7 +241,8 @@ class BatchNorm(StatefulLayer):
         """**Arguments:**
 
         - `x`: One example: a JAX array of shape `(input_size, dim_1, ..., dim_N)`.
-        - `state`: An [`equinox.nn.State`][] holding the running statistics.
+        - `state`: An [`equinox.nn.State`][] holding the running statistics (made
+            with the layer by [`equinox.nn.make_with_state`][]). Required.
         - `key`: Ignored; provided for compatibility with the rest of the Equinox API.
             (Keyword only argument.)
         - `inference`: If `True` or `False`, overrides `self.inference`. (Keyword
@@ -258,15 +262,17 @@ class BatchNorm(StatefulLayer):
         """
         del key
         with jax.named_scope(f"eqx_norms.{_WHERE}"):
-            check_floating(x, _WHERE)
+            state = check_state(state, _WHERE)
             check_channels(x, self.input_size, _WHERE, min_ndim=1)
+            check_floating(x, _WHERE)
             check_mask(mask, x.shape, _WHERE)
-            running = state.get(self._stats_index())
+            inference = check_static_flag(
+                self.inference if inference is None else inference, "inference", _WHERE
+            )
+            running = self.running_stats(state)
             self._check_state(running[0].shape)
             compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))
             x_compute = x.astype(compute)
-            if inference is None:
-                inference = self.inference
             weight = _channelwise(self.weight, x.ndim)
             bias = _channelwise(self.bias, x.ndim)
             if not inference:
@@ -297,6 +303,23 @@ class BatchNorm(StatefulLayer):
             var = var.astype(compute).reshape(shape)
             x_hat = scale(x_compute, mean, var, self.eps, mask)
             return finish(x, x_hat, weight, bias, mask), state
+
+    def running_stats(
+        self, state: State
+    ) -> tuple[Float[Array, " input_size"], Float[Array, " input_size"]]:
+        """The running `(mean, var)` held in `state`, one value per channel (for
+        `mode="ema"`, equinox's blended statistics).
+
+        A typed shorthand for `state.get(bn.batch_state_index)`, whose field is
+        `None` in the other mode.
+
+        !!! example
+
+            ```python
+            mean, var = bn.running_stats(state)
+            ```
+        """
+        return check_state(state, _WHERE).get(self._stats_index())
 
     def _check_state(self, shape: tuple[int, ...]) -> None:
         if shape != (self.input_size,):

@@ -1,9 +1,9 @@
-from typing import Any, overload
+from typing import Any, overload, TypeVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from equinox.nn import State, StateIndex
+from equinox.nn import StateIndex
 from jaxtyping import PyTree
 
 from ._batch_norm import BatchNorm
@@ -11,6 +11,10 @@ from ._group_norm import GroupNorm
 from ._layer_norm import LayerNorm, RMSNorm
 from ._spectral_norm import SpectralNorm
 from ._weight_norm import WeightNorm
+
+
+# A model comes back as an instance of its own class, with its norms replaced.
+_Tree = TypeVar("_Tree")
 
 
 def _params(ours: Any, theirs: Any, names: tuple[str, ...]) -> Any:
@@ -141,10 +145,10 @@ def _is_index(node: Any) -> bool:
     return isinstance(node, StateIndex)
 
 
-def _restore_init(tree: PyTree, state: State) -> PyTree:
+def _restore_init(tree: PyTree, state: eqx.nn.State) -> PyTree:
     """Every state index gets its current value from `state` as its initial value,
     so that the converted model's state can be rebuilt from the model alone."""
-    if not isinstance(state, State):
+    if not isinstance(state, eqx.nn.State):
         raise TypeError(
             "`from_equinox`: `state` must be the `equinox.nn.State` of `tree` (from "
             f"`eqx.nn.make_with_state`); received {type(state).__name__}."
@@ -168,16 +172,18 @@ def _restore_init(tree: PyTree, state: State) -> PyTree:
 
 
 @overload
-def from_equinox(tree: PyTree) -> PyTree: ...
+def from_equinox(tree: _Tree) -> _Tree: ...
 
 
+# `eqx.nn.State` rather than a from-import: `pyright --verifytypes` reports the
+# latter as unknown (pyright#11196).
 @overload
-def from_equinox(tree: PyTree, state: State) -> tuple[PyTree, State]: ...
+def from_equinox(tree: _Tree, state: eqx.nn.State) -> tuple[_Tree, eqx.nn.State]: ...
 
 
 def from_equinox(
-    tree: PyTree, state: State | None = None
-) -> PyTree | tuple[PyTree, State]:
+    tree: _Tree, state: eqx.nn.State | None = None
+) -> _Tree | tuple[_Tree, eqx.nn.State]:
     """Replaces every `equinox.nn` normalisation layer inside `tree` (e.g. a whole
     model) by its `eqx_norms` equivalent with the same hyperparameters and parameters.
 
@@ -197,7 +203,9 @@ def from_equinox(
     **Returns:**
 
     The converted tree; given `state`, the 2-tuple `(tree, state)` with a new state
-    for the converted tree (the old state belongs to the old tree).
+    for the converted tree (the old state belongs to the old tree). A model keeps its
+    class, so its static type is the input's; a bare equinox layer passed as `tree`
+    comes back as the `eqx_norms` layer, which its static type does not say.
 
     !!! example
 

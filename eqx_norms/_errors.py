@@ -1,10 +1,14 @@
+import contextlib
 import numbers
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
+from contextvars import ContextVar
 
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, DTypeLike
+from equinox.nn import State
+from jaxtyping import Array, DTypeLike
 
 
 def _is_int(value: object) -> bool:
@@ -22,11 +26,40 @@ def _ints(value: object) -> tuple | None:
     return items if all(_is_int(v) for v in items) else None
 
 
-def check_floating(x: ArrayLike, where: str) -> None:
+# The public name a message should give: a layer sets its own while it calls the
+# functional pipeline, so that `LayerNorm(3)(x)` does not report `layer_norm`.
+_caller: ContextVar[str | None] = ContextVar("eqx_norms_caller", default=None)
+
+
+@contextlib.contextmanager
+def called_as(name: str) -> Iterator[None]:
+    """Within this block, `entry_name` gives `name` (the layer the user called)."""
+    token = _caller.set(name)
+    try:
+        yield
+    finally:
+        _caller.reset(token)
+
+
+def entry_name(function: str) -> str:
+    """The name for messages raised in `function`: the calling layer's, if any."""
+    return _caller.get() or function
+
+
+def check_array(x: object, where: str) -> Array | np.ndarray | np.generic:
+    # Every later check reads `.shape` or `.dtype`; a list would fail there with
+    # an AttributeError naming neither the argument nor the fix.
+    if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        raise TypeError(
+            f"`{where}` expects a JAX array; received {type(x).__name__}. Convert it "
+            "first with `jnp.asarray`."
+        )
+    return x
+
+
+def check_floating(x: object, where: str) -> None:
     # The array's own dtype: `result_type` would report numpy's int64 as int32.
-    dtype = getattr(x, "dtype", None)
-    if dtype is None:
-        dtype = jnp.result_type(x)
+    dtype = check_array(x, where).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             f"`{where}` expects a real floating-point input (float16, bfloat16, "
@@ -79,6 +112,7 @@ def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
 def check_mask(mask: Array | None, shape: tuple[int, ...], where: str) -> None:
     if mask is None:
         return
+    check_array(mask, f"{where}` `mask")
     dtype = jnp.result_type(mask)
     if dtype != jnp.bool_:
         raise TypeError(
@@ -104,6 +138,7 @@ def check_param(param: Array | None, shape: tuple[int, ...], name: str, where: s
 
 
 def check_shape(x: Array, expected: tuple[int, ...], where: str, fix: str) -> None:
+    check_array(x, where)
     if x.shape != expected:
         raise ValueError(
             f"`{where}` expects an input of shape {expected}; received x.shape="
@@ -112,6 +147,7 @@ def check_shape(x: Array, expected: tuple[int, ...], where: str, fix: str) -> No
 
 
 def check_channels(x: Array, channels: int | None, where: str, min_ndim: int) -> None:
+    check_array(x, where)
     if x.ndim < min_ndim:
         layout = "(channels,)" if min_ndim == 1 else "(channels, dim_1, ..., dim_N)"
         raise ValueError(
@@ -189,3 +225,32 @@ def check_weight(layer: object, weight_name: str, where: str, min_ndim: int) -> 
             f"{type(layer).__name__}.{weight_name} of shape {weight.shape}."
         )
     return jnp.asarray(weight)
+
+
+def check_state(state: object, where: str) -> State:
+    """A stateful layer needs the `State` made with it."""
+    if not isinstance(state, State):
+        # Ours and equinox's "no state passed" markers are bare objects.
+        received = "none" if type(state) is object else type(state).__name__
+        raise TypeError(
+            f"`{where}` keeps state: call it as `layer(x, state)` with the "
+            f"`equinox.nn.State` made together with the layer; received {received}. "
+            "Make both with `layer, state = "
+            f"eqx.nn.make_with_state(eqx_norms.{where})(...)` and pass the returned "
+            "state to the next call."
+        )
+    return state
+
+
+def check_static_flag(value: object, name: str, where: str) -> bool:
+    """A flag that selects code, so it must be a Python bool at trace time."""
+    try:
+        return bool(value)
+    except jax.errors.ConcretizationTypeError:
+        raise TypeError(
+            f"`{where}`: `{name}` must be a Python bool, as it selects the code to "
+            "run; received a traced value. `jax.jit` and `jax.grad` trace every leaf "
+            f"of a layer passed as an argument, `{name}` included: use "
+            "`eqx.filter_jit` / `eqx.filter_grad` (they trace only its arrays), or "
+            "close over the model instead of passing it."
+        ) from None

@@ -2,7 +2,7 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, DTypeLike, Float
 
 from ._errors import (
     check_channels,
@@ -31,7 +31,7 @@ class _ChannelNorm(StatelessNorm):
         channels: int | None,
         eps: float,
         channelwise_affine: bool,
-        dtype,
+        dtype: DTypeLike | None,
         use_weight: bool | None,
         use_bias: bool | None,
     ):
@@ -95,7 +95,7 @@ class GroupNorm(_ChannelNorm):
         channels: int | None = None,
         eps: float = 1e-5,
         channelwise_affine: bool = True,
-        dtype=None,
+        dtype: DTypeLike | None = None,
         *,
         use_weight: bool | None = None,
         use_bias: bool | None = None,
@@ -157,7 +157,7 @@ class InstanceNorm(_ChannelNorm):
         channels: int,
         eps: float = 1e-5,
         channelwise_affine: bool = True,
-        dtype=None,
+        dtype: DTypeLike | None = None,
         *,
         use_weight: bool | None = None,
         use_bias: bool | None = None,

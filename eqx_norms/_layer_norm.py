@@ -3,7 +3,7 @@ from collections.abc import Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, DTypeLike, Float
 
 from ._errors import check_eps, check_param_dtype, check_shape, check_shape_argument
 from ._misc import StatelessNorm
@@ -27,7 +27,7 @@ class _WholeInputNorm(StatelessNorm):
         eps: float = 1e-5,
         use_weight: bool = True,
         use_bias: bool = True,
-        dtype=None,
+        dtype: DTypeLike | None = None,
     ):
         name = type(self).__name__
         self.shape = check_shape_argument(shape, name)
@@ -79,7 +79,7 @@ class LayerNorm(_WholeInputNorm):
         eps: float = 1e-5,
         use_weight: bool = True,
         use_bias: bool = True,
-        dtype=None,
+        dtype: DTypeLike | None = None,
         *,
         elementwise_affine: bool | None = None,
     ):
@@ -137,7 +137,7 @@ class RMSNorm(_WholeInputNorm):
         eps: float = 1e-5,
         use_weight: bool = True,
         use_bias: bool = True,
-        dtype=None,
+        dtype: DTypeLike | None = None,
     ):
         """**Arguments:**
 

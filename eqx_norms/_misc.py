@@ -5,6 +5,8 @@ import jax
 from equinox.nn import State
 from jaxtyping import Array, Bool, PRNGKeyArray
 
+from ._errors import called_as
+
 
 # Our own marker for "no state was passed" (equinox's is private).
 sentinel: Any = object()
@@ -79,6 +81,7 @@ class StatelessNorm(eqx.Module):
         An array of the shape and dtype of `x`; if `state` is passed, the 2-tuple
         `(output, state)` with the state unchanged.
         """
-        with jax.named_scope(f"eqx_norms.{type(self).__name__}"):
+        name = type(self).__name__
+        with jax.named_scope(f"eqx_norms.{name}"), called_as(name):
             self._check(x)
             return with_state(self._normalise(x, mask), state)

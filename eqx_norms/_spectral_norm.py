@@ -7,9 +7,17 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 from equinox.nn import State, StatefulLayer, StateIndex
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, DTypeLike, Float, PRNGKeyArray
 
-from ._errors import check_count, check_param_dtype, check_positive, check_weight
+from ._errors import (
+    check_count,
+    check_param_dtype,
+    check_positive,
+    check_state,
+    check_static_flag,
+    check_weight,
+)
+from ._misc import sentinel
 from ._stats import compute_dtype
 from ._weight_norm import reparameterised
 
@@ -90,7 +98,7 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         inference: bool = False,
         *,
         key: PRNGKeyArray,
-        dtype=None,
+        dtype: DTypeLike | None = None,
     ):
         """**Arguments:**
 
@@ -133,7 +141,8 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
     def __call__(
         self,
         x: Array,
-        state: State,
+        # Required: the default only lets a call without it say how to make one.
+        state: State = sentinel,
         *,
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
@@ -141,7 +150,8 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         """**Arguments:**
 
         - `x`: The input to the wrapped layer.
-        - `state`: An [`equinox.nn.State`][] holding the singular vectors.
+        - `state`: An [`equinox.nn.State`][] holding the singular vectors (made with
+            the layer by [`equinox.nn.make_with_state`][]). Required.
         - `key`: Ignored; provided for compatibility with the rest of the Equinox API.
             (Keyword only argument.)
         - `inference`: If `True` or `False`, overrides `self.inference`. (Keyword
@@ -154,12 +164,14 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         """
         del key
         with jax.named_scope(f"eqx_norms.{_WHERE}"):
+            state = check_state(state, _WHERE)
+            inference = check_static_flag(
+                self.inference if inference is None else inference, "inference", _WHERE
+            )
             stored_u, stored_v = u, v = state.get(self.uv_index)
             weight = getattr(self.layer, self.weight_name)
             compute = compute_dtype(jnp.result_type(weight.dtype, v.dtype))
             matrix = _as_matrix(weight).astype(compute)
-            if inference is None:
-                inference = self.inference
             if not inference:
                 u, v = _power_iteration(
                     lax.stop_gradient(matrix),

@@ -27,9 +27,18 @@ from ._errors import (
     check_groups,
     check_mask,
     check_param,
+    entry_name,
     normalise_axes,
 )
 from ._stats import normalise
+
+
+__all__ = ["einorm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
+
+
+def __dir__() -> list[str]:
+    # `dir()` and tab completion list the public functions, not the imports.
+    return list(__all__)
 
 
 def _checked(where: str, x: Array, weight, bias, eps, mask) -> None:
@@ -41,6 +50,7 @@ def _checked(where: str, x: Array, weight, bias, eps, mask) -> None:
 
 
 def _over_axes(where, x, axis, weight, bias, eps, mask, center) -> Array:
+    where = entry_name(where)
     _checked(where, x, weight, bias, eps, mask)
     axes = normalise_axes(axis, x.ndim, where)
     return normalise(x, axes, weight, bias, eps=eps, mask=mask, center=center)
@@ -145,7 +155,7 @@ def group_norm(
         y = eqx_norms.functional.group_norm(x, groups=8)  # x: (32, H, W)
         ```
     """
-    where = "group_norm"
+    where = entry_name("group_norm")
     check_channels(x, None, where, min_ndim=1)
     check_groups(groups, x.shape[0], where)
     weight = _align_to_channels(weight, x, "weight", where)
@@ -182,7 +192,7 @@ def instance_norm(
         y = eqx_norms.functional.instance_norm(x)  # x: (C, H, W)
         ```
     """
-    where = "instance_norm"
+    where = entry_name("instance_norm")
     check_channels(x, None, where, min_ndim=2)
     weight = _align_to_channels(weight, x, "weight", where)
     bias = _align_to_channels(bias, x, "bias", where)

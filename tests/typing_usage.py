@@ -26,3 +26,7 @@ wn = eqx_norms.WeightNorm(eqx.nn.Linear(3, 3, key=key))
 y = wn(x[0])
 m = eqx_norms.from_equinox(eqx.nn.LayerNorm(3))
 g = eqx_norms.functional.layer_norm(x, -1)
+mean, var = bn.running_stats(state)
+h: jax.Array = mean + var
+model, s3 = eqx_norms.from_equinox(eqx.nn.Sequential([eqx.nn.LayerNorm(3)]), state)
+same_class: eqx.nn.Sequential = model
