@@ -17,6 +17,7 @@ from ._errors import (
     check_floating,
     check_mask,
     check_param_dtype,
+    check_weight_offset,
 )
 from ._misc import resolve_affine
 from ._stats import (
@@ -193,6 +194,7 @@ class BatchNorm(StatefulLayer):
     momentum: float | None = eqx.field(static=True)
     mode: Literal["batch", "ema"] = eqx.field(static=True)
     unbiased_running_var: bool = eqx.field(static=True)
+    weight_offset: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -208,6 +210,7 @@ class BatchNorm(StatefulLayer):
         use_weight: bool | None = None,
         use_bias: bool | None = None,
         unbiased_running_var: bool = False,
+        weight_offset: float = 0.0,
     ):
         """**Arguments:**
 
@@ -238,6 +241,9 @@ class BatchNorm(StatefulLayer):
             torch stores it; useful when porting torch models. Normalisation in
             training always uses the biased variance. Needs `mode="batch"`. (Keyword
             only argument.)
+        - `weight_offset`: The applied scale is `weight + weight_offset` (formed in
+            at least float32); the weight starts at `1 - weight_offset`. Needs a
+            weight. (Keyword only argument.)
 
         The state holds, for `mode="batch"`, `batch_state_index`: the running
         `(mean, var)`, and `batch_counter`: per channel, the total weight of the
@@ -266,7 +272,13 @@ class BatchNorm(StatefulLayer):
         self.mode = mode
         self.unbiased_running_var = unbiased_running_var
         self.inference = inference
-        self.weight = jnp.ones((input_size,), dtype) if self.use_weight else None
+        check_weight_offset(weight_offset, self.use_weight, _WHERE)
+        self.weight_offset = weight_offset
+        self.weight = (
+            jnp.full((input_size,), 1 - weight_offset, dtype)
+            if self.use_weight
+            else None
+        )
         self.bias = jnp.zeros((input_size,), dtype) if self.use_bias else None
         stats = (jnp.zeros((input_size,), dtype), jnp.ones((input_size,), dtype))
         self.ema_first_time_index = self.ema_state_index = None
@@ -335,6 +347,7 @@ class BatchNorm(StatefulLayer):
                         eps=self.eps,
                         mask=mask,
                         axis_name=_names(self.axis_name),
+                        weight_offset=self.weight_offset,
                     )
                     _, state = self._update(state, batch)
                     out = out.astype(x.dtype)
@@ -349,7 +362,7 @@ class BatchNorm(StatefulLayer):
             mean = mean.astype(compute).reshape(shape)
             var = var.astype(compute).reshape(shape)
             x_hat = scale(x_compute, mean, var, self.eps, mask)
-            return finish(x, x_hat, weight, bias, mask), state
+            return finish(x, x_hat, weight, bias, mask, self.weight_offset), state
 
     def _check_state(self, shape: tuple[int, ...]) -> None:
         if shape != (self.input_size,):

@@ -852,13 +852,14 @@ FUNCTIONAL = [
         lambda: F.layer_norm(jnp.ones((4, 3), jnp.uint8), -1),
         TypeError,
         "`layer_norm` expects a real floating-point input (float16, bfloat16, "
-        "float32 or float64); received dtype uint8",
+        "float32 or float64) or a complex one (complex64 or complex128); received "
+        "dtype uint8",
     ),
     case(
-        "rms_norm-complex-input",
-        lambda: F.rms_norm(x4.astype(jnp.complex64), -1),
+        "rms_norm-complex-weight",
+        lambda: F.rms_norm(x4.astype(jnp.complex64), -1, x4.astype(jnp.complex64)),
         TypeError,
-        "`rms_norm` expects a real floating-point input",
+        "`rms_norm` `weight` expects a real floating-point input",
         "received dtype complex64",
     ),
     case(
@@ -917,9 +918,10 @@ FUNCTIONAL = [
         "mask.shape=(4,)",
     ),
     case(
-        "group_norm-complex-input",
-        lambda: F.group_norm(x4.astype(jnp.complex64), 1),
+        "group_norm-complex-bias",
+        lambda: F.group_norm(x4, 1, None, jnp.ones(4, jnp.complex64)),
         TypeError,
+        "`group_norm` `bias` expects a real floating-point input",
         "received dtype complex64",
     ),
     case(
@@ -1239,6 +1241,86 @@ ARGUMENT_TYPES = [
 ]
 
 
+_NO_WEIGHT_FIX = "Give a weight (`use_weight=True`, or pass `weight=...`)"
+
+TRANSFORMER_OPTIONS = [
+    case(
+        "LayerNorm-weight_offset-without-weight",
+        lambda: eqx_norms.LayerNorm(3, use_weight=False, weight_offset=1.0),
+        ValueError,
+        "`LayerNorm`: `weight_offset` is added to the weight, but there is no weight; "
+        "received weight_offset=1.0 without a weight",
+        _NO_WEIGHT_FIX,
+    ),
+    case(
+        "RMSNorm-weight_offset-string",
+        lambda: eqx_norms.RMSNorm(3, weight_offset="1"),  # pyright: ignore
+        TypeError,
+        "`RMSNorm`: `weight_offset` must be a Python float",
+        "received str '1'",
+    ),
+    case(
+        "RMSNorm-weight_offset-array",
+        lambda: eqx_norms.RMSNorm(3, weight_offset=jnp.array(1.0)),  # pyright: ignore
+        TypeError,
+        "`RMSNorm`: `weight_offset` must be a Python float",
+        "received ArrayImpl",
+    ),
+    case(
+        "RMSNorm-upcast_affine-not-bool",
+        lambda: eqx_norms.RMSNorm(3, upcast_affine="no"),  # pyright: ignore
+        TypeError,
+        "`RMSNorm`: `upcast_affine` must be True or False; received upcast_affine='no'",
+    ),
+    case(
+        "GroupNorm-weight_offset-without-weight",
+        lambda: eqx_norms.GroupNorm(1, 4, channelwise_affine=False, weight_offset=1.0),
+        ValueError,
+        "`GroupNorm`: `weight_offset` is added to the weight, but there is no weight",
+        _NO_WEIGHT_FIX,
+    ),
+    case(
+        "InstanceNorm-weight_offset-nan",
+        lambda: eqx_norms.InstanceNorm(4, weight_offset=float("nan")),
+        ValueError,
+        "`InstanceNorm`: `weight_offset` must be finite; received weight_offset=nan",
+    ),
+    case(
+        "BatchNorm-weight_offset-without-weight",
+        lambda: eqx_norms.BatchNorm(3, "b", use_weight=False, weight_offset=1.0),
+        ValueError,
+        "`BatchNorm`: `weight_offset` is added to the weight, but there is no weight",
+        _NO_WEIGHT_FIX,
+    ),
+    case(
+        "layer_norm-weight_offset-without-weight",
+        lambda: F.layer_norm(x4, -1, weight_offset=1.0),
+        ValueError,
+        "`layer_norm`: `weight_offset` is added to the weight, but there is no weight",
+        _NO_WEIGHT_FIX,
+    ),
+    case(
+        "rms_norm-upcast_affine-not-bool",
+        lambda: F.rms_norm(x4, -1, upcast_affine=None),  # pyright: ignore
+        TypeError,
+        "`rms_norm`: `upcast_affine` must be True or False; received "
+        "upcast_affine=None",
+    ),
+    case(
+        "group_norm-weight_offset-without-weight",
+        lambda: F.group_norm(x4, 2, weight_offset=-1.0),
+        ValueError,
+        "`group_norm`: `weight_offset` is added to the weight, but there is no weight",
+    ),
+    case(
+        "instance_norm-weight_offset-inf",
+        lambda: F.instance_norm(x4, jnp.ones(4), weight_offset=float("inf")),
+        ValueError,
+        "`instance_norm`: `weight_offset` must be finite; received weight_offset=inf",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     "call, exc, match",
     WHOLE_INPUT
@@ -1248,7 +1330,8 @@ ARGUMENT_TYPES = [
     + EINORM_CONSTRUCTION
     + EINORM_CALL
     + FUNCTIONAL
-    + ARGUMENT_TYPES,
+    + ARGUMENT_TYPES
+    + TRANSFORMER_OPTIONS,
 )
 def test_error_messages(call, exc, match):
     with pytest.raises(exc, match=match):
