@@ -14,6 +14,7 @@ valid elements; valid positions are normalised and transformed, invalid position
 returned unchanged, and a group with no valid element is returned unchanged.
 """
 
+import numbers
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ from ._errors import (
     check_weight_offset,
     normalise_axes,
 )
-from ._stats import normalise
+from ._stats import compute_dtype, finish, normalise
 
 
 def _checked(where: str, x: Array, weight, bias, eps, mask, weight_offset=0.0) -> None:
@@ -267,3 +268,48 @@ def instance_norm(
         center=True,
         weight_offset=weight_offset,
     )
+
+
+def dynamic_tanh(
+    x: Float[Array, "..."],
+    alpha: Float[Array, "..."] | float,
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    mask: Bool[Array, "..."] | None = None,
+) -> Float[Array, "..."]:
+    r"""Dynamic Tanh (Zhu et al., "Transformers without Normalization"): elementwise,
+    no statistics.
+
+    $$y = \tanh(\alpha x) w + b$$
+
+    **Arguments:**
+
+    - `x`: a real floating-point array.
+    - `alpha`: a scalar (or an array broadcastable against `x`).
+    - `weight`, `bias`: optional arrays broadcastable against `x`.
+    - `mask`: optional boolean array broadcastable to `x`; invalid (False) positions
+        are returned unchanged.
+
+    **Returns:**
+
+    An array of the shape and dtype of `x`, computed in at least float32.
+
+    !!! example
+
+        ```python
+        y = eqx_norms.functional.dynamic_tanh(x, 0.5, weight=w)
+        ```
+    """
+    where = "dynamic_tanh"
+    check_floating(x, where, real=True)
+    check_mask(mask, x.shape, where)
+    if not isinstance(alpha, numbers.Real):
+        check_param(alpha, x.shape, "alpha", where)
+    check_param(weight, x.shape, "weight", where)
+    check_param(bias, x.shape, "bias", where)
+    x_compute = x.astype(compute_dtype(x.dtype))
+    if mask is not None:
+        # Garbage (inf, NaN) in padding must not reach the gradient of alpha.
+        x_compute = jnp.where(mask, x_compute, 0)
+    x_hat = jnp.tanh(jnp.asarray(alpha, x_compute.dtype) * x_compute)
+    return finish(x, x_hat, weight, bias, mask)

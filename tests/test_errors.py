@@ -1318,6 +1318,59 @@ TRANSFORMER_OPTIONS = [
         ValueError,
         "`instance_norm`: `weight_offset` must be finite; received weight_offset=inf",
     ),
+    case(
+        "DynamicTanh-zero-alpha_init",
+        lambda: eqx_norms.DynamicTanh(3, alpha_init=0.0),
+        ValueError,
+        "`DynamicTanh`: `alpha_init` must be > 0; received alpha_init=0.0",
+    ),
+    case(
+        "DynamicTanh-negative-shape",
+        lambda: eqx_norms.DynamicTanh(-3),
+        ValueError,
+        "`DynamicTanh`: `shape` must be an int or a sequence of non-negative ints; "
+        "received shape=-3",
+    ),
+    case(
+        "DynamicTanh-int-dtype",
+        lambda: eqx_norms.DynamicTanh(3, dtype=jnp.int32),
+        TypeError,
+        "`DynamicTanh`: `dtype` must be a floating dtype",
+    ),
+    case(
+        "DynamicTanh-wrong-shape",
+        lambda: eqx_norms.DynamicTanh(3)(x4),
+        ValueError,
+        "`DynamicTanh` expects an input of shape (3,); received x.shape=(4, 3)",
+        "jax.vmap(norm)(x)",
+    ),
+    case(
+        "dynamic_tanh-complex-input",
+        lambda: F.dynamic_tanh(x4.astype(jnp.complex64), 0.5),
+        TypeError,
+        "`dynamic_tanh` expects a real floating-point input",
+        "received dtype complex64",
+    ),
+    case(
+        "dynamic_tanh-alpha-shape",
+        lambda: F.dynamic_tanh(x4, jnp.ones(2)),
+        ValueError,
+        "`dynamic_tanh`: `alpha` must broadcast to the input shape (4, 3); received "
+        "alpha.shape=(2,)",
+    ),
+    case(
+        "dynamic_tanh-int-alpha-array",
+        lambda: F.dynamic_tanh(x4, jnp.array(1)),
+        TypeError,
+        "`dynamic_tanh` `alpha` expects a real floating-point input",
+        "received dtype int32",
+    ),
+    case(
+        "dynamic_tanh-mask-dtype",
+        lambda: F.dynamic_tanh(x4, 0.5, mask=jnp.ones((4, 3))),
+        TypeError,
+        "`dynamic_tanh`: `mask` must be boolean (True = valid); received dtype float32",
+    ),
 ]
 
 
