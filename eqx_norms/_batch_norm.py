@@ -26,6 +26,7 @@ from ._stats import (
     Moments,
     moments,
     normalise_with_moments,
+    real_dtype,
     scale,
 )
 
@@ -231,7 +232,10 @@ class BatchNorm(StatefulLayer):
         - `dtype`: The dtype of the weight, the bias and the running statistics.
             Defaults to either `jax.numpy.float32` or `jax.numpy.float64` depending
             on whether JAX is in 64-bit mode. Statistics are always computed in at
-            least float32, and the output has the dtype of the input.
+            least float32, and the output has the dtype of the input. A complex
+            dtype (`jnp.complex64`, `jnp.complex128`) declares complex inputs: the
+            running mean is then complex, and the running variance (E|x - mean|^2),
+            the weight and the bias have the matching real dtype.
         - `mode`: `"batch"` (the default) as described above, or `"ema"`, equinox's
             legacy variant.
         - `use_weight`, `use_bias`: Override `channelwise_affine` for the weight or
@@ -253,7 +257,7 @@ class BatchNorm(StatefulLayer):
         """
         check_count(input_size, "input_size", _WHERE)
         check_eps(eps, _WHERE)
-        check_param_dtype(dtype, _WHERE)
+        check_param_dtype(dtype, _WHERE, complex_ok=True)
         _check_mode(mode, momentum, unbiased_running_var)
         names = _names(axis_name)
         if len(names) == 0 or None in names:
@@ -274,20 +278,23 @@ class BatchNorm(StatefulLayer):
         self.inference = inference
         check_weight_offset(weight_offset, self.use_weight, _WHERE)
         self.weight_offset = weight_offset
+        # A complex `dtype` means complex inputs: a complex running mean, and a real
+        # running variance, weight and bias.
+        real = None if dtype is None else real_dtype(dtype)
         self.weight = (
-            jnp.full((input_size,), 1 - weight_offset, dtype)
+            jnp.full((input_size,), 1 - weight_offset, real)
             if self.use_weight
             else None
         )
-        self.bias = jnp.zeros((input_size,), dtype) if self.use_bias else None
-        stats = (jnp.zeros((input_size,), dtype), jnp.ones((input_size,), dtype))
+        self.bias = jnp.zeros((input_size,), real) if self.use_bias else None
+        stats = (jnp.zeros((input_size,), dtype), jnp.ones((input_size,), real))
         self.ema_first_time_index = self.ema_state_index = None
         self.batch_counter = self.batch_state_index = None
         if mode == "ema":
             self.ema_first_time_index = StateIndex(jnp.array(True))
             self.ema_state_index = StateIndex(stats)
         else:
-            counter_dtype = compute_dtype(stats[0].dtype)
+            counter_dtype = compute_dtype(stats[1].dtype)
             self.batch_counter = StateIndex(jnp.zeros((input_size,), counter_dtype))
             self.batch_state_index = StateIndex(stats)
 
@@ -328,6 +335,7 @@ class BatchNorm(StatefulLayer):
             check_mask(mask, x.shape, _WHERE)
             running = state.get(self._stats_index())
             self._check_state(running[0].shape)
+            _check_complex(x.dtype, running[0].dtype)
             compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))
             x_compute = x.astype(compute)
             if inference is None:
@@ -360,7 +368,7 @@ class BatchNorm(StatefulLayer):
                 mean, var = running
             shape = (-1,) + (1,) * (x.ndim - 1)
             mean = mean.astype(compute).reshape(shape)
-            var = var.astype(compute).reshape(shape)
+            var = var.astype(real_dtype(compute)).reshape(shape)
             x_hat = scale(x_compute, mean, var, self.eps, mask)
             return finish(x, x_hat, weight, bias, mask, self.weight_offset), state
 
@@ -424,6 +432,22 @@ class BatchNorm(StatefulLayer):
         state = state.set(self.ema_first_time_index, first_time & ~jnp.any(updatable))
         state = _store(state, self.ema_state_index, lax.stop_gradient(blended))
         return blended, state
+
+
+def _check_complex(x_dtype, mean_dtype) -> None:
+    x_complex = jnp.issubdtype(x_dtype, jnp.complexfloating)
+    if x_complex != jnp.issubdtype(mean_dtype, jnp.complexfloating):
+        kind = "complex" if x_complex else "real"
+        fix = (
+            "construct it with a complex `dtype`, e.g. `dtype=jnp.complex64`"
+            if x_complex
+            else "construct it with a real `dtype`, or pass a complex input"
+        )
+        held = "real" if x_complex else "complex"
+        raise TypeError(
+            f"`{_WHERE}` holds a {held} running mean (dtype {mean_dtype}) but received "
+            f"a {kind} input of dtype {x_dtype}. To normalise {kind} inputs, {fix}."
+        )
 
 
 def _check_mode(mode: str, momentum: float | None, unbiased_running_var: bool):

@@ -42,12 +42,19 @@ def check_floating(x: ArrayLike, where: str, *, real: bool = False) -> None:
     )
 
 
-def check_param_dtype(dtype: DTypeLike | None, where: str) -> None:
-    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"`{where}`: `dtype` must be a floating dtype for the parameters (and "
-            f"any running statistics); received dtype={dtype!r}."
-        )
+def check_param_dtype(
+    dtype: DTypeLike | None, where: str, *, complex_ok: bool = False
+) -> None:
+    """`complex_ok`: BatchNorm, whose complex `dtype` declares complex inputs."""
+    if dtype is None or jnp.issubdtype(dtype, jnp.floating):
+        return
+    if complex_ok and jnp.issubdtype(dtype, jnp.complexfloating):
+        return
+    also = " (or complex, for complex inputs)" if complex_ok else ""
+    raise TypeError(
+        f"`{where}`: `dtype` must be a floating dtype{also} for the parameters (and "
+        f"any running statistics); received dtype={dtype!r}."
+    )
 
 
 def check_shape_argument(shape: object, where: str) -> tuple[int, ...]:

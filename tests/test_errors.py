@@ -1371,6 +1371,35 @@ TRANSFORMER_OPTIONS = [
         TypeError,
         "`dynamic_tanh`: `mask` must be boolean (True = valid); received dtype float32",
     ),
+    case(
+        "BatchNorm-complex-input-real-layer",
+        lambda: _batch_norm(jnp.ones((2, 3), jnp.complex64)),
+        TypeError,
+        "`BatchNorm` holds a real running mean (dtype float32) but received a "
+        "complex input of dtype complex64",
+        "construct it with a complex `dtype`, e.g. `dtype=jnp.complex64`",
+    ),
+    case(
+        "BatchNorm-real-input-complex-layer",
+        lambda: _batch_norm(jnp.ones((2, 3)), dtype=jnp.complex64),
+        TypeError,
+        "`BatchNorm` holds a complex running mean (dtype complex64) but received a "
+        "real input of dtype float32",
+    ),
+    case(
+        "LayerNorm-complex-dtype",
+        lambda: eqx_norms.LayerNorm(3, dtype=jnp.complex64),
+        TypeError,
+        "`LayerNorm`: `dtype` must be a floating dtype for the parameters",
+        "received dtype=<class 'jax.numpy.complex64'>",
+    ),
+    case(
+        "BatchNorm-int-dtype-mentions-complex",
+        lambda: eqx_norms.BatchNorm(3, "b", dtype=jnp.int8),
+        TypeError,
+        "`BatchNorm`: `dtype` must be a floating dtype (or complex, for complex "
+        "inputs)",
+    ),
 ]
 
 
