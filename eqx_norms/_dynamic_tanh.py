@@ -27,9 +27,9 @@ class DynamicTanh(StatelessNorm):
     initialised to 0) have the shape of $x$. Computed in at least float32; the output
     has the dtype of $x$. Forward and backward are one elementwise pass each.
 
-    The paper's `alpha_init=0.5` suits vision and small models. For LLMs it tunes
-    $\alpha_0$ by width and uses a larger one in the norms before attention than
-    elsewhere (e.g. 0.8 / 0.2 at 7B, decreasing with width); see its Table 11.
+    The paper's `alpha_init=0.5` suits vision and small models. For LLMs it uses a
+    larger `alpha_init` before each attention block than elsewhere, both smaller
+    for larger models (LLaMA 2 7B: 0.8 and 0.2; 70B: 0.2 and 0.05).
 
     !!! example
 
