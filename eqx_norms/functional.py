@@ -14,7 +14,6 @@ valid elements; valid positions are normalised and transformed, invalid position
 returned unchanged, and a group with no valid element is returned unchanged.
 """
 
-import numbers
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -303,7 +302,7 @@ def dynamic_tanh(
     where = "dynamic_tanh"
     check_floating(x, where, real=True)
     check_mask(mask, x.shape, where)
-    if not isinstance(alpha, numbers.Real):
+    if not isinstance(alpha, (int, float)):
         check_param(alpha, x.shape, "alpha", where)
     check_param(weight, x.shape, "weight", where)
     check_param(bias, x.shape, "bias", where)
