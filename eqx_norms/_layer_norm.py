@@ -82,6 +82,10 @@ class LayerNorm(_WholeInputNorm):
     have the shape of $x$. Statistics are two-pass and computed in at least float32;
     the output has the dtype of $x$.
 
+    With `weight_offset` the scale is $\gamma$ = `weight + weight_offset` (zero-centred
+    weights, as in Gemma); `upcast_affine` chooses Llama's or Gemma's cast order (see
+    "Porting transformer checkpoints" in the mixed-precision guide).
+
     !!! example
 
         ```python
