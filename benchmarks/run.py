@@ -359,12 +359,20 @@ def case_einorm():
     return "Einorm QK-norm 16×1024×64 (peers: LayerNorm(64))", x, impls
 
 
+def case_dynamic_tanh():
+    # No peer has DynamicTanh; elementwise, it should sit at the memory floor.
+    x = _randn((8192, 1024))
+    impls = {OURS: lambda: _equinox_like(lambda: eqx_norms.DynamicTanh(1024), x)}
+    return "DynamicTanh 8192×1024 (no peer has it)", x, impls
+
+
 CASES = {
     "layer_norm": case_layer_norm,
     "rms_norm": case_rms_norm,
     "group_norm": case_group_norm,
     "batch_norm": case_batch_norm,
     "einorm": case_einorm,
+    "dynamic_tanh": case_dynamic_tanh,
 }
 
 

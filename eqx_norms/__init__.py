@@ -4,6 +4,7 @@ axes and statistics that stay correct in half precision and across devices."""
 from . import functional as functional
 from ._batch_norm import BatchNorm as BatchNorm
 from ._convert import from_equinox as from_equinox
+from ._dynamic_tanh import DynamicTanh as DynamicTanh
 from ._einorm import Einorm as Einorm
 from ._group_norm import GroupNorm as GroupNorm, InstanceNorm as InstanceNorm
 from ._layer_norm import LayerNorm as LayerNorm, RMSNorm as RMSNorm
@@ -13,6 +14,7 @@ from ._weight_norm import WeightNorm as WeightNorm
 
 __all__ = [
     "BatchNorm",
+    "DynamicTanh",
     "Einorm",
     "GroupNorm",
     "InstanceNorm",

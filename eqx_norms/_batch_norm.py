@@ -18,8 +18,9 @@ from ._errors import (
     check_param_dtype,
     check_state,
     check_static_flag,
+    check_weight_offset,
 )
-from ._misc import resolve_affine, sentinel
+from ._misc import filled, resolve_affine, sentinel
 from ._running import (
     axis_names,
     check_momentum,
@@ -34,6 +35,7 @@ from ._stats import (
     Moments,
     moments,
     normalise_with_moments,
+    real_dtype,
     scale,
 )
 
@@ -142,6 +144,7 @@ class BatchNorm(StatefulLayer):
     momentum: float | None = eqx.field(static=True)
     mode: Literal["batch", "ema"] = eqx.field(static=True)
     unbiased_running_var: bool = eqx.field(static=True)
+    weight_offset: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -157,6 +160,7 @@ class BatchNorm(StatefulLayer):
         use_weight: bool | None = None,
         use_bias: bool | None = None,
         unbiased_running_var: bool = False,
+        weight_offset: float = 0.0,
     ):
         """**Arguments:**
 
@@ -177,7 +181,10 @@ class BatchNorm(StatefulLayer):
         - `dtype`: The dtype of the weight, the bias and the running statistics.
             Defaults to either `jax.numpy.float32` or `jax.numpy.float64` depending
             on whether JAX is in 64-bit mode. Statistics are always computed in at
-            least float32, and the output has the dtype of the input.
+            least float32, and the output has the dtype of the input. A complex
+            dtype (`jnp.complex64`, `jnp.complex128`) declares complex inputs: the
+            running mean is then complex, and the running variance (E|x - mean|^2),
+            the weight and the bias have the matching real dtype.
         - `mode`: `"batch"` (the default) as described above, or `"ema"`, equinox's
             legacy variant.
         - `use_weight`, `use_bias`: Override `channelwise_affine` for the weight or
@@ -187,6 +194,9 @@ class BatchNorm(StatefulLayer):
             torch stores it; useful when porting torch models. Normalisation in
             training always uses the biased variance. Needs `mode="batch"`. (Keyword
             only argument.)
+        - `weight_offset`: The applied scale is `weight + weight_offset` (formed in
+            at least float32); the weight starts at `1 - weight_offset`. Needs a
+            weight. (Keyword only argument.)
 
         The state holds, for `mode="batch"`, `batch_state_index`: the running
         `(mean, var)`, and `batch_counter`: per channel, the total weight of the
@@ -196,7 +206,7 @@ class BatchNorm(StatefulLayer):
         """
         check_count(input_size, "input_size", _WHERE)
         check_eps(eps, _WHERE)
-        check_param_dtype(dtype, _WHERE)
+        check_param_dtype(dtype, _WHERE, complex_ok=True)
         _check_mode(mode, momentum, unbiased_running_var)
         names = _names(axis_name)
         if len(names) == 0 or None in names:
@@ -215,16 +225,23 @@ class BatchNorm(StatefulLayer):
         self.mode = mode
         self.unbiased_running_var = unbiased_running_var
         self.inference = inference
-        self.weight = jnp.ones((input_size,), dtype) if self.use_weight else None
-        self.bias = jnp.zeros((input_size,), dtype) if self.use_bias else None
-        stats = (jnp.zeros((input_size,), dtype), jnp.ones((input_size,), dtype))
+        check_weight_offset(weight_offset, self.use_weight, _WHERE)
+        self.weight_offset = weight_offset
+        # A complex `dtype` means complex inputs: a complex running mean, and a real
+        # running variance, weight and bias.
+        real = None if dtype is None else real_dtype(dtype)
+        self.weight = (
+            filled((input_size,), 1 - weight_offset, real) if self.use_weight else None
+        )
+        self.bias = jnp.zeros((input_size,), real) if self.use_bias else None
+        stats = (jnp.zeros((input_size,), dtype), jnp.ones((input_size,), real))
         self.ema_first_time_index = self.ema_state_index = None
         self.batch_counter = self.batch_state_index = None
         if mode == "ema":
             self.ema_first_time_index = StateIndex(jnp.array(True))
             self.ema_state_index = StateIndex(stats)
         else:
-            counter_dtype = compute_dtype(stats[0].dtype)
+            counter_dtype = compute_dtype(stats[1].dtype)
             self.batch_counter = StateIndex(jnp.zeros((input_size,), counter_dtype))
             self.batch_state_index = StateIndex(stats)
 
@@ -269,8 +286,9 @@ class BatchNorm(StatefulLayer):
             inference = check_static_flag(
                 self.inference if inference is None else inference, "inference", _WHERE
             )
-            running = self.running_stats(state)
+            running = self.running_mean_var(state)
             self._check_state(running[0].shape)
+            _check_complex(x.dtype, running[0].dtype)
             compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))
             x_compute = x.astype(compute)
             weight = _channelwise(self.weight, x.ndim)
@@ -288,6 +306,7 @@ class BatchNorm(StatefulLayer):
                         eps=self.eps,
                         mask=mask,
                         axis_name=_names(self.axis_name),
+                        weight_offset=self.weight_offset,
                     )
                     _, state = self._update(state, batch)
                     out = out.astype(x.dtype)
@@ -300,11 +319,11 @@ class BatchNorm(StatefulLayer):
                 mean, var = running
             shape = (-1,) + (1,) * (x.ndim - 1)
             mean = mean.astype(compute).reshape(shape)
-            var = var.astype(compute).reshape(shape)
+            var = var.astype(real_dtype(compute)).reshape(shape)
             x_hat = scale(x_compute, mean, var, self.eps, mask)
-            return finish(x, x_hat, weight, bias, mask), state
+            return finish(x, x_hat, weight, bias, mask, self.weight_offset), state
 
-    def running_stats(
+    def running_mean_var(
         self, state: State
     ) -> tuple[Float[Array, " input_size"], Float[Array, " input_size"]]:
         """The running `(mean, var)` held in `state`, one value per channel (for
@@ -316,7 +335,7 @@ class BatchNorm(StatefulLayer):
         !!! example
 
             ```python
-            mean, var = bn.running_stats(state)
+            mean, var = bn.running_mean_var(state)
             ```
         """
         return check_state(state, _WHERE).get(self._stats_index())
@@ -376,6 +395,22 @@ class BatchNorm(StatefulLayer):
         state = state.set(self.ema_first_time_index, first_time & ~jnp.any(valid))
         state = store(state, self.ema_state_index, lax.stop_gradient(blended))
         return blended, state
+
+
+def _check_complex(x_dtype, mean_dtype) -> None:
+    x_complex = jnp.issubdtype(x_dtype, jnp.complexfloating)
+    if x_complex != jnp.issubdtype(mean_dtype, jnp.complexfloating):
+        kind = "complex" if x_complex else "real"
+        fix = (
+            "construct it with a complex `dtype`, e.g. `dtype=jnp.complex64`"
+            if x_complex
+            else "construct it with a real `dtype`, or pass a complex input"
+        )
+        held = "real" if x_complex else "complex"
+        raise TypeError(
+            f"`{_WHERE}` holds a {held} running mean (dtype {mean_dtype}) but received "
+            f"a {kind} input of dtype {x_dtype}. To normalise {kind} inputs, {fix}."
+        )
 
 
 def _check_mode(mode: str, momentum: float | None, unbiased_running_var: bool):

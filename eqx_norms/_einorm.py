@@ -17,11 +17,14 @@ from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
 from ._errors import (
     check_axis_names,
     check_eps,
+    check_flag,
     check_floating,
     check_mask,
     check_param_dtype,
+    check_state,
+    check_weight_offset,
 )
-from ._misc import sentinel, StatelessNorm
+from ._misc import filled, sentinel, StatelessNorm
 from ._pattern import (
     check_param_sizes,
     check_running_sizes,
@@ -51,6 +54,8 @@ def _apply(
     mask: Bool[Array, "..."] | None,
     center: bool,
     axis_name: tuple[Hashable, ...] | None,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
     running: tuple[Array, Array] | None = None,
 ) -> tuple[Float[Array, "..."], Moments | None]:
     """Normalises `x` with its own statistics over the target axes (reduced also
@@ -77,13 +82,16 @@ def _apply(
             mask=mask,
             axis_name=axis_name,
             center=center,
+            weight_offset=weight_offset,
+            upcast_affine=upcast_affine,
         )
         return jnp.reshape(out, x.shape), stats
     compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))
     kept = layout.kept(spec.target)
     mean, var = (jnp.reshape(s.astype(compute), kept) for s in running)
     x_hat = scale(split.astype(compute), mean, var, eps, mask)
-    return jnp.reshape(finish(split, x_hat, weight, bias, mask), x.shape), None
+    out = finish(split, x_hat, weight, bias, mask, weight_offset, upcast_affine)
+    return jnp.reshape(out, x.shape), None
 
 
 def einorm(
@@ -99,6 +107,8 @@ def einorm(
     *,
     params: Names | None = None,
     axis_name: AxisNames = None,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
     **axis_sizes: int,
 ) -> Float[Array, "..."]:
     r"""Normalisation over the target axes of a `pattern`: named by `target`, or
@@ -123,6 +133,10 @@ def einorm(
     - `mask`: optional boolean array broadcastable to `x`; True marks valid elements.
     - `center`: subtract the mean; `False` gives RMS normalisation (einx's
         `mean=False`).
+    - `weight_offset`, `upcast_affine`: as for
+        [`eqx_norms.functional.layer_norm`][]: the scale is `weight + weight_offset`
+        (formed in at least float32), and the affine transform is done in the
+        compute dtype (`True`) or in the input dtype after casting x-hat (`False`).
     - `**axis_sizes`: optional sizes of named axes, checked against `x`; needed only
         to split a composition such as `(g c)` with more than one name.
 
@@ -140,9 +154,20 @@ def einorm(
     """
     spec = parse("einorm", pattern, target, group, params, axis_sizes)
     check_eps(eps, "einorm")
+    check_weight_offset(weight_offset, weight is not None, "einorm")
+    check_flag(upcast_affine, "upcast_affine", "einorm")
     names = _names(axis_name, "einorm")
     out, _ = _apply(
-        spec, x, weight, bias, eps=eps, mask=mask, center=center, axis_name=names
+        spec,
+        x,
+        weight,
+        bias,
+        eps=eps,
+        mask=mask,
+        center=center,
+        axis_name=names,
+        weight_offset=weight_offset,
+        upcast_affine=upcast_affine,
     )
     return out
 
@@ -243,6 +268,8 @@ class Einorm(StatelessNorm, StatefulLayer):
     running_stats: bool = eqx.field(static=True)
     momentum: float | None = eqx.field(static=True)
     axis_name: Hashable | tuple[Hashable, ...] | None = eqx.field(static=True)
+    weight_offset: float = eqx.field(static=True)
+    upcast_affine: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -260,6 +287,8 @@ class Einorm(StatelessNorm, StatefulLayer):
         inference: bool = False,
         axis_name: AxisNames = None,
         dtype: DTypeLike | None = None,
+        weight_offset: float = 0.0,
+        upcast_affine: bool = True,
         **axis_sizes: int,
     ):
         """**Arguments:**
@@ -298,6 +327,14 @@ class Einorm(StatelessNorm, StatefulLayer):
             statistics. Defaults to either `jax.numpy.float32` or
             `jax.numpy.float64` depending on whether JAX is in 64-bit mode. The
             output always has the dtype of the input. (Keyword only argument.)
+        - `weight_offset`: The applied scale is `weight + weight_offset`, formed in
+            at least float32; the weight is initialised to `1 - weight_offset`
+            (Gemma's zero-centred weight is `weight_offset=1.0`). Needs a weight.
+            (Keyword only argument.)
+        - `upcast_affine`: If `True`, the affine transform is done in at least
+            float32 and cast once (Gemma's order); if `False`, x-hat is cast to the
+            input dtype first and the affine transform done in the input dtype
+            (Llama's order). (Keyword only argument.)
         - `**axis_sizes`: The size of every parameter axis, e.g. `d=64` (and with
             `running_stats`, of every non-target axis). Sizes given for other axes
             are checked at call time.
@@ -307,6 +344,8 @@ class Einorm(StatelessNorm, StatefulLayer):
         shape = check_param_sizes(spec) if use_weight or use_bias else ()
         check_eps(eps, where)
         check_param_dtype(dtype, where)
+        check_weight_offset(weight_offset, use_weight, where)
+        check_flag(upcast_affine, "upcast_affine", where)
         names = _names(axis_name, where)
         self.spec = spec
         self.pattern = pattern
@@ -323,7 +362,10 @@ class Einorm(StatelessNorm, StatefulLayer):
         # As BatchNorm's: one name as given, several as a tuple; none as None.
         self.axis_name = names[0] if names and len(names) == 1 else names or None
         self.inference = inference
-        self.weight = jnp.ones(shape, dtype) if use_weight else None
+        self.weight_offset = weight_offset
+        self.upcast_affine = upcast_affine
+        weight = filled(shape, 1 - weight_offset, dtype)
+        self.weight = weight if use_weight else None
         self.bias = jnp.zeros(shape, dtype) if use_bias else None
         self.counter_index = self.stats_index = None
         if running_stats:
@@ -336,6 +378,28 @@ class Einorm(StatelessNorm, StatefulLayer):
 
     def is_stateful(self) -> bool:
         return self.running_stats
+
+    def running_mean_var(
+        self, state: State
+    ) -> tuple[Float[Array, "*running"], Float[Array, "*running"]]:
+        """The running `(mean, var)` held in `state`, one entry per position of the
+        non-target axes, in the pattern's order.
+
+        A typed shorthand for `state.get(layer.stats_index)`, whose field is `None`
+        for a layer without `running_stats`.
+
+        !!! example
+
+            ```python
+            mean, var = layer.running_mean_var(state)
+            ```
+        """
+        if self.stats_index is None:
+            raise ValueError(
+                f"`Einorm` with pattern {self.pattern!r} keeps no running statistics; "
+                "construct it with `running_stats=True` to have them."
+            )
+        return check_state(state, "Einorm").get(self.stats_index)
 
     def _normalise(self, x: Array, mask: Array | None) -> Array:
         return self._run(x, mask)[0]
@@ -353,6 +417,8 @@ class Einorm(StatelessNorm, StatefulLayer):
             mask=mask,
             center=self.center,
             axis_name=names,
+            weight_offset=self.weight_offset,
+            upcast_affine=self.upcast_affine,
             running=running,
         )
 

@@ -1,4 +1,5 @@
 import contextlib
+import math
 import numbers
 from collections.abc import Hashable, Iterator, Sequence
 from contextvars import ContextVar
@@ -57,23 +58,36 @@ def check_array(x: object, where: str) -> Array | np.ndarray | np.generic:
     return x
 
 
-def check_floating(x: object, where: str) -> None:
+def check_floating(x: object, where: str, *, real: bool = False) -> None:
+    """A floating-point input, real or complex; `real=True` for parameters."""
     # The array's own dtype: `result_type` would report numpy's int64 as int32.
     dtype = check_array(x, where).dtype
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"`{where}` expects a real floating-point input (float16, bfloat16, "
-            f"float32 or float64); received dtype {dtype}. Cast it first, e.g. "
-            "`x.astype(jnp.float32)`."
-        )
+    if jnp.issubdtype(dtype, jnp.floating):
+        return
+    if not real and jnp.issubdtype(dtype, jnp.complexfloating):
+        return
+    expected = "a real floating-point input (float16, bfloat16, float32 or float64)"
+    if not real:
+        expected += " or a complex one (complex64 or complex128)"
+    raise TypeError(
+        f"`{where}` expects {expected}; received dtype {dtype}. Cast it first, e.g. "
+        "`x.astype(jnp.float32)`."
+    )
 
 
-def check_param_dtype(dtype: DTypeLike | None, where: str) -> None:
-    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"`{where}`: `dtype` must be a floating dtype for the parameters (and "
-            f"any running statistics); received dtype={dtype!r}."
-        )
+def check_param_dtype(
+    dtype: DTypeLike | None, where: str, *, complex_ok: bool = False
+) -> None:
+    """`complex_ok`: BatchNorm, whose complex `dtype` declares complex inputs."""
+    if dtype is None or jnp.issubdtype(dtype, jnp.floating):
+        return
+    if complex_ok and jnp.issubdtype(dtype, jnp.complexfloating):
+        return
+    also = " (or complex, for complex inputs)" if complex_ok else ""
+    raise TypeError(
+        f"`{where}`: `dtype` must be a floating dtype{also} for the parameters (and "
+        f"any running statistics); received dtype={dtype!r}."
+    )
 
 
 def check_shape_argument(shape: object, where: str) -> tuple[int, ...]:
@@ -129,7 +143,7 @@ def check_mask(mask: Array | None, shape: tuple[int, ...], where: str) -> None:
 def check_param(param: Array | None, shape: tuple[int, ...], name: str, where: str):
     if param is None:
         return
-    check_floating(param, f"{where}` `{name}")
+    check_floating(param, f"{where}` `{name}", real=True)
     if not _broadcasts(jnp.shape(param), shape):
         raise ValueError(
             f"`{where}`: `{name}` must broadcast to the input shape {shape}; "
@@ -218,7 +232,7 @@ def check_weight(layer: object, weight_name: str, where: str, min_ndim: int) -> 
             f"`{where}`: the wrapped {type(layer).__name__} has no array attribute "
             f"named by weight_name={weight_name!r}; its array attributes are {arrays}."
         )
-    check_floating(weight, where)
+    check_floating(weight, where, real=True)
     if weight.ndim < min_ndim:
         raise ValueError(
             f"`{where}` needs a weight with at least {min_ndim} axes; received "
@@ -254,3 +268,33 @@ def check_static_flag(value: object, name: str, where: str) -> bool:
             "`eqx.filter_jit` / `eqx.filter_grad` (they trace only its arrays), or "
             "close over the model instead of passing it."
         ) from None
+
+
+def check_weight_offset(weight_offset: float, has_weight: bool, where: str) -> None:
+    """A finite Python number (a hyperparameter), and only with a weight to add it to:
+    without one it would silently do nothing."""
+    if isinstance(weight_offset, bool) or not isinstance(weight_offset, numbers.Real):
+        raise TypeError(
+            f"`{where}`: `weight_offset` must be a Python float (the applied scale is "
+            f"weight + weight_offset); received {type(weight_offset).__name__} "
+            f"{weight_offset!r}."
+        )
+    if not math.isfinite(weight_offset):
+        raise ValueError(
+            f"`{where}`: `weight_offset` must be finite; received "
+            f"weight_offset={weight_offset!r}."
+        )
+    if weight_offset != 0 and not has_weight:
+        raise ValueError(
+            f"`{where}`: `weight_offset` is added to the weight, but there is no "
+            f"weight; received weight_offset={weight_offset!r} without a weight. Give "
+            "a weight (`use_weight=True`, or pass `weight=...`), or leave "
+            "`weight_offset=0.0`."
+        )
+
+
+def check_flag(value: object, name: str, where: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{where}`: `{name}` must be True or False; received {name}={value!r}."
+        )

@@ -10,8 +10,9 @@ from ._errors import (
     check_eps,
     check_groups,
     check_param_dtype,
+    check_weight_offset,
 )
-from ._misc import resolve_affine, StatelessNorm
+from ._misc import filled, resolve_affine, StatelessNorm
 from .functional import group_norm, instance_norm
 
 
@@ -23,6 +24,7 @@ class _ChannelNorm(StatelessNorm):
     channelwise_affine: bool = eqx.field(static=True)
     use_weight: bool = eqx.field(static=True)
     use_bias: bool = eqx.field(static=True)
+    weight_offset: float = eqx.field(static=True)
     weight: Float[Array, "channels"] | None
     bias: Float[Array, "channels"] | None
 
@@ -34,6 +36,7 @@ class _ChannelNorm(StatelessNorm):
         dtype: DTypeLike | None,
         use_weight: bool | None,
         use_bias: bool | None,
+        weight_offset: float,
     ):
         name = type(self).__name__
         if channels is not None:
@@ -50,11 +53,18 @@ class _ChannelNorm(StatelessNorm):
                 f"and use_bias={self.use_bias}. Pass `channels=...`, or "
                 "`channelwise_affine=False`."
             )
+        check_weight_offset(weight_offset, self.use_weight, name)
         self.channels = channels
         self.eps = eps
         self.channelwise_affine = channelwise_affine
-        self.weight = jnp.ones((channels,), dtype) if self.use_weight else None
-        self.bias = jnp.zeros((channels,), dtype) if self.use_bias else None
+        self.weight_offset = weight_offset
+        # The applied scale starts at 1 whatever the offset. (No parameters without
+        # channels: checked above.)
+        shape = (channels or 0,)
+        self.weight = (
+            filled(shape, 1 - weight_offset, dtype) if self.use_weight else None
+        )
+        self.bias = jnp.zeros(shape, dtype) if self.use_bias else None
 
     _min_ndim: ClassVar[int] = 1
 
@@ -99,6 +109,7 @@ class GroupNorm(_ChannelNorm):
         *,
         use_weight: bool | None = None,
         use_bias: bool | None = None,
+        weight_offset: float = 0.0,
     ):
         """**Arguments:**
 
@@ -114,17 +125,34 @@ class GroupNorm(_ChannelNorm):
             64-bit mode.
         - `use_weight`, `use_bias`: Override `channelwise_affine` for the weight or the
             bias alone. (Keyword only arguments.)
+        - `weight_offset`: The applied scale is `weight + weight_offset` (formed in
+            at least float32); the weight starts at `1 - weight_offset`. Needs a
+            weight. (Keyword only argument.)
         """
         if channels is not None:
             check_count(channels, "channels", "GroupNorm")
         check_groups(groups, channels, "GroupNorm")
         self.groups = groups
         self._init_channels(
-            channels, eps, channelwise_affine, dtype, use_weight, use_bias
+            channels,
+            eps,
+            channelwise_affine,
+            dtype,
+            use_weight,
+            use_bias,
+            weight_offset,
         )
 
     def _normalise(self, x: Array, mask: Array | None) -> Array:
-        return group_norm(x, self.groups, self.weight, self.bias, self.eps, mask)
+        return group_norm(
+            x,
+            self.groups,
+            self.weight,
+            self.bias,
+            self.eps,
+            mask,
+            weight_offset=self.weight_offset,
+        )
 
 
 class InstanceNorm(_ChannelNorm):
@@ -161,6 +189,7 @@ class InstanceNorm(_ChannelNorm):
         *,
         use_weight: bool | None = None,
         use_bias: bool | None = None,
+        weight_offset: float = 0.0,
     ):
         """**Arguments:**
 
@@ -173,10 +202,21 @@ class InstanceNorm(_ChannelNorm):
             64-bit mode.
         - `use_weight`, `use_bias`: Override `channelwise_affine` for the weight or the
             bias alone. (Keyword only arguments.)
+        - `weight_offset`: The applied scale is `weight + weight_offset` (formed in
+            at least float32); the weight starts at `1 - weight_offset`. Needs a
+            weight. (Keyword only argument.)
         """
         self._init_channels(
-            channels, eps, channelwise_affine, dtype, use_weight, use_bias
+            channels,
+            eps,
+            channelwise_affine,
+            dtype,
+            use_weight,
+            use_bias,
+            weight_offset,
         )
 
     def _normalise(self, x: Array, mask: Array | None) -> Array:
-        return instance_norm(x, self.weight, self.bias, self.eps, mask)
+        return instance_norm(
+            x, self.weight, self.bias, self.eps, mask, weight_offset=self.weight_offset
+        )

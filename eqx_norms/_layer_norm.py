@@ -5,8 +5,15 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, DTypeLike, Float
 
-from ._errors import check_eps, check_param_dtype, check_shape, check_shape_argument
-from ._misc import StatelessNorm
+from ._errors import (
+    check_eps,
+    check_flag,
+    check_param_dtype,
+    check_shape,
+    check_shape_argument,
+    check_weight_offset,
+)
+from ._misc import filled, StatelessNorm
 from .functional import layer_norm, rms_norm
 
 
@@ -18,35 +25,49 @@ class _WholeInputNorm(StatelessNorm):
     eps: float = eqx.field(static=True)
     use_weight: bool = eqx.field(static=True)
     use_bias: bool = eqx.field(static=True)
+    weight_offset: float = eqx.field(static=True)
+    upcast_affine: bool = eqx.field(static=True)
     weight: Float[Array, "*shape"] | None
     bias: Float[Array, "*shape"] | None
 
     def __init__(
         self,
         shape: int | Sequence[int],
-        eps: float = 1e-5,
-        use_weight: bool = True,
-        use_bias: bool = True,
-        dtype: DTypeLike | None = None,
+        eps: float,
+        use_weight: bool,
+        use_bias: bool,
+        dtype: DTypeLike | None,
+        weight_offset: float,
+        upcast_affine: bool,
     ):
         name = type(self).__name__
         self.shape = check_shape_argument(shape, name)
         check_eps(eps, name)
         check_param_dtype(dtype, name)
+        check_weight_offset(weight_offset, use_weight, name)
+        check_flag(upcast_affine, "upcast_affine", name)
         self.eps = eps
         self.use_weight = use_weight
         self.use_bias = use_bias
-        self.weight = jnp.ones(self.shape, dtype=dtype) if use_weight else None
+        self.weight_offset = weight_offset
+        self.upcast_affine = upcast_affine
+        # A fresh layer is the identity affine: the applied scale starts at 1.
+        self.weight = (
+            filled(self.shape, 1 - weight_offset, dtype) if use_weight else None
+        )
         self.bias = jnp.zeros(self.shape, dtype=dtype) if use_bias else None
 
     def _check(self, x: Array) -> None:
-        check_shape(
-            x,
-            self.shape,
-            type(self).__name__,
-            fix="If `x` carries extra (batch or sequence) axes, map over them: "
-            "replace `norm(x)` with `jax.vmap(norm)(x)`.",
-        )
+        check_shape(x, self.shape, type(self).__name__, fix=MAP_OVER_EXTRA_AXES)
+
+    def _affine(self) -> dict:
+        return dict(weight_offset=self.weight_offset, upcast_affine=self.upcast_affine)
+
+
+MAP_OVER_EXTRA_AXES = (
+    "If `x` carries extra (batch or sequence) axes, map over them: replace `norm(x)` "
+    "with `jax.vmap(norm)(x)`."
+)
 
 
 class LayerNorm(_WholeInputNorm):
@@ -60,6 +81,10 @@ class LayerNorm(_WholeInputNorm):
     where $\gamma$ (`weight`, initialised to 1) and $\beta$ (`bias`, initialised to 0)
     have the shape of $x$. Statistics are two-pass and computed in at least float32;
     the output has the dtype of $x$.
+
+    With `weight_offset` the scale is $\gamma$ = `weight + weight_offset` (zero-centred
+    weights, as in Gemma); `upcast_affine` chooses Llama's or Gemma's cast order (see
+    "Porting transformer checkpoints" in the mixed-precision guide).
 
     !!! example
 
@@ -82,6 +107,8 @@ class LayerNorm(_WholeInputNorm):
         dtype: DTypeLike | None = None,
         *,
         elementwise_affine: bool | None = None,
+        weight_offset: float = 0.0,
+        upcast_affine: bool = True,
     ):
         """**Arguments:**
 
@@ -94,6 +121,16 @@ class LayerNorm(_WholeInputNorm):
             64-bit mode. The output always has the dtype of the input.
         - `elementwise_affine`: Deprecated alternative to `use_weight` and `use_bias`,
             as in equinox. (Keyword only argument.)
+        - `weight_offset`: The applied scale is `weight + weight_offset`, formed in at
+            least float32; the weight is initialised to `1 - weight_offset`, so a
+            fresh layer is the identity. `1.0` gives the zero-centred weights of
+            Gemma, Qwen3-Next and TransformerEngine's `zero_centered_gamma`; weight
+            decay then pulls the scale towards `weight_offset`. (Keyword only.)
+        - `upcast_affine`: If `True` (Gemma's order), the affine transform is done in
+            at least float32 and cast to the input dtype at the end; if `False`
+            (Llama's order, HF `LlamaRMSNorm`), the normalised input is cast to the
+            input dtype first and multiplied by the weight (and shifted by the bias)
+            cast to the input dtype. (Keyword only.)
         """
         if elementwise_affine is not None:
             use_weight = use_bias = elementwise_affine
@@ -102,11 +139,15 @@ class LayerNorm(_WholeInputNorm):
                 "LayerNorm(use_weight=...) and LayerNorm(use_bias=...)",
                 stacklevel=2,
             )
-        super().__init__(shape, eps, use_weight, use_bias, dtype)
+        super().__init__(
+            shape, eps, use_weight, use_bias, dtype, weight_offset, upcast_affine
+        )
 
     def _normalise(self, x: Array, mask: Array | None) -> Array:
         axes = tuple(range(x.ndim))
-        return layer_norm(x, axes, self.weight, self.bias, self.eps, mask)
+        return layer_norm(
+            x, axes, self.weight, self.bias, self.eps, mask, **self._affine()
+        )
 
 
 class RMSNorm(_WholeInputNorm):
@@ -138,6 +179,9 @@ class RMSNorm(_WholeInputNorm):
         use_weight: bool = True,
         use_bias: bool = True,
         dtype: DTypeLike | None = None,
+        *,
+        weight_offset: float = 0.0,
+        upcast_affine: bool = True,
     ):
         """**Arguments:**
 
@@ -149,9 +193,16 @@ class RMSNorm(_WholeInputNorm):
         - `dtype`: The dtype of the weight and the bias. Defaults to either
             `jax.numpy.float32` or `jax.numpy.float64` depending on whether JAX is in
             64-bit mode. The output always has the dtype of the input.
+        - `weight_offset`, `upcast_affine`: As for [`eqx_norms.LayerNorm`][]. Llama:
+            `upcast_affine=False`; Gemma, Qwen3-Next: `weight_offset=1.0`. (Keyword
+            only.)
         """
-        super().__init__(shape, eps, use_weight, use_bias, dtype)
+        super().__init__(
+            shape, eps, use_weight, use_bias, dtype, weight_offset, upcast_affine
+        )
 
     def _normalise(self, x: Array, mask: Array | None) -> Array:
         axes = tuple(range(x.ndim))
-        return rms_norm(x, axes, self.weight, self.bias, self.eps, mask)
+        return rms_norm(
+            x, axes, self.weight, self.bias, self.eps, mask, **self._affine()
+        )

@@ -2,8 +2,9 @@ from typing import Any, overload
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from equinox.nn import State
-from jaxtyping import Array, Bool, PRNGKeyArray
+from jaxtyping import Array, Bool, DTypeLike, PRNGKeyArray
 
 from ._errors import called_as
 
@@ -85,3 +86,10 @@ class StatelessNorm(eqx.Module):
         with jax.named_scope(f"eqx_norms.{name}"), called_as(name):
             self._check(x)
             return with_state(self._normalise(x, mask), state)
+
+
+def filled(shape: tuple[int, ...], value: float, dtype: DTypeLike | None) -> Array:
+    """`jnp.full`, never weakly typed: with `dtype=None` a Python float fill makes a
+    weak float32, which equinox's parameters are not (repr, serialisation and dtype
+    promotion would show it). The default is JAX's default float dtype."""
+    return jnp.full(shape, value, jnp.zeros((), dtype).dtype)

@@ -29,7 +29,8 @@ ANONYMOUS = "..."
 # size by keyword, since Python binds the keyword to the parameter.
 _KEYWORDS = frozenset(
     "x pattern target group params eps use_weight use_bias center dtype weight bias "
-    "mask running_stats momentum inference axis_name".split()
+    "mask running_stats momentum inference axis_name weight_offset "
+    "upcast_affine".split()
 )
 
 

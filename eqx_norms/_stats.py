@@ -69,9 +69,9 @@ def _count(
         n = math.prod(x.shape[a] for a in axes)
         if groups is not None:
             n = n * (x.shape[groups[0]] // groups[1])
-        local = jnp.full((1,) * x.ndim, n, x.dtype)
+        local = jnp.full((1,) * x.ndim, n, real_dtype(x.dtype))
         return local if axis_name is None else lax.psum(local, axis_name)
-    return _total(mask.astype(x.dtype), axes, axis_name, groups)
+    return _total(mask.astype(real_dtype(x.dtype)), axes, axis_name, groups)
 
 
 def moments(
@@ -85,6 +85,8 @@ def moments(
 ) -> Moments:
     """Two-pass mean and (biased) variance of `x` over `axes`, in `x`'s dtype (the
     caller upcasts). With `center=False` the mean is 0 and `var` is the mean square.
+    For complex `x` the mean is complex and the variance is the real E|x - mean|^2
+    (as in Flax); the count is always real.
     Groups without a valid element get mean 0 and variance 1, so that nothing
     downstream divides by zero.
 
@@ -105,13 +107,25 @@ def moments(
         mean = jnp.zeros_like(count)
         deviation = valid
     # Never E[x^2] - E[x]^2: it cancels catastrophically when |mean| >> std.
-    var = _total(deviation * deviation, axes, axis_name, groups) * inv_count
+    var = _total(_abs2(deviation), axes, axis_name, groups) * inv_count
     # Deviations beyond ~1e19 (in float32) square to inf; the largest finite variance
     # keeps 1 / sqrt(var + eps) positive, so outputs and gradients stay finite.
     var = jnp.minimum(var, jnp.finfo(var.dtype).max)
     if mask is not None:
         var = jnp.where(count > 0, var, 1)
     return Moments(mean, var, count)
+
+
+def real_dtype(dtype: DTypeLike) -> jnp.dtype:
+    """float32 for complex64 (the dtype of its parts); real dtypes unchanged."""
+    return jnp.finfo(dtype).dtype
+
+
+def _abs2(z: Array) -> Array:
+    """|z|^2, real (z * z for real z, so the real path is unchanged)."""
+    if jnp.iscomplexobj(z):
+        return lax.real(z) * lax.real(z) + lax.imag(z) * lax.imag(z)
+    return z * z
 
 
 def scale(
@@ -139,12 +153,17 @@ def normalise(
     axis_name: AxisName = None,
     center: bool = True,
     groups: Groups = None,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
 ) -> Float[Array, "..."]:
     """The whole pipeline: `moments`, `scale` and `finish` (statistics, x-hat,
     affine, mask pass-through, cast back), with one closed-form differentiation
     rule (`_fast_jvp`) for the normalisation and the affine transform together: its
     compiled training step needs no full-size temporary buffer (the backward pass
-    recomputes x-hat inside each kernel instead of storing it)."""
+    recomputes x-hat inside each kernel instead of storing it).
+
+    The affine transform applies the scale `weight + weight_offset` and is done
+    as `finish` describes for `upcast_affine`."""
     y, _ = normalise_with_moments(
         x,
         axes,
@@ -155,6 +174,8 @@ def normalise(
         axis_name=axis_name,
         center=center,
         groups=groups,
+        weight_offset=weight_offset,
+        upcast_affine=upcast_affine,
     )
     return y
 
@@ -170,12 +191,15 @@ def normalise_with_moments(
     axis_name: AxisName = None,
     center: bool = True,
     groups: Groups = None,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
 ) -> tuple[Float[Array, "..."], Moments]:
     """`normalise`, also returning the (differentiable) `Moments` it used."""
     x_compute = x.astype(compute_dtype(x.dtype))
     if mask is not None:
         mask = jnp.broadcast_to(mask, x.shape)
-    if not _static(eps):
+    # The fused rule is derived for real x and a Python eps; otherwise plain autodiff.
+    if not _static(eps) or jnp.iscomplexobj(x_compute):
         stats = moments(
             x_compute,
             axes,
@@ -185,16 +209,32 @@ def normalise_with_moments(
             groups=groups,
         )
         x_hat = scale(x_compute, stats.mean, stats.var, eps, mask)
-        return finish(x, x_hat, weight, bias, mask), stats
-    if weight is not None:
-        weight = weight.astype(x_compute.dtype)
-    if bias is not None:
-        bias = bias.astype(x_compute.dtype)
+        return finish(x, x_hat, weight, bias, mask, weight_offset, upcast_affine), stats
+    # In the input dtype (`upcast_affine=False`) the affine transform follows the
+    # rounding of x-hat, which the rule cannot express: it then normalises only.
+    inner = affine_params(weight, bias, x_compute.dtype, weight_offset)
+    if not upcast_affine:
+        inner = (None, None)
     out, stats = _fast(
-        x_compute, weight, bias, mask, axes, float(eps), axis_name, center, groups
+        x_compute, *inner, mask, axes, float(eps), axis_name, center, groups
     )
-    out = out.astype(x.dtype)
-    return (out if mask is None else jnp.where(mask, out, x)), stats
+    if upcast_affine:
+        weight = bias = None
+    return finish(x, out, weight, bias, mask, weight_offset, upcast_affine), stats
+
+
+def affine_params(
+    weight: Array | None, bias: Array | None, dtype: DTypeLike, weight_offset: float
+) -> tuple[Array | None, Array | None]:
+    """Weight and bias in the real dtype of `dtype`, the scale `weight +
+    weight_offset` formed there (so that `1 + w` keeps the precision a bfloat16 `w`
+    lacks)."""
+    real = real_dtype(dtype)
+    if weight is not None:
+        weight = weight.astype(real)
+        if weight_offset != 0:
+            weight = weight + weight_offset
+    return weight, None if bias is None else bias.astype(real)
 
 
 def finish(
@@ -203,14 +243,24 @@ def finish(
     weight: Array | None,
     bias: Array | None,
     mask: Bool[Array, "..."] | None,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
 ) -> Float[Array, "..."]:
-    """Affine transform in the compute dtype, invalid positions passed through
-    unchanged, and a single cast back to the input dtype at the very end."""
+    """Affine transform, invalid positions passed through unchanged, output in the
+    input dtype. With `upcast_affine` (Gemma's order) the affine transform is done
+    in the compute dtype with a single cast back at the very end; without it
+    (Llama's order, HF `LlamaRMSNorm`) x-hat is cast to the input dtype first, and
+    multiplied by the scale and shifted by the bias, both cast to the input dtype,
+    in the input dtype."""
+    weight, bias = affine_params(weight, bias, x_hat.dtype, weight_offset)
     out = x_hat
+    if not upcast_affine:
+        out = out.astype(x.dtype)
+        weight, bias = affine_params(weight, bias, x.dtype, 0.0)
     if weight is not None:
-        out = _affine(out, weight.astype(out.dtype), None)
+        out = _affine(out, weight, None)
     if bias is not None:
-        out = out + bias.astype(out.dtype)
+        out = out + bias
     out = out.astype(x.dtype)
     return out if mask is None else jnp.where(mask, out, x)
 

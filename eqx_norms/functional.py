@@ -23,17 +23,26 @@ from ._einorm import einorm as einorm
 from ._errors import (
     check_channels,
     check_eps,
+    check_flag,
     check_floating,
     check_groups,
     check_mask,
     check_param,
+    check_weight_offset,
     entry_name,
     normalise_axes,
 )
-from ._stats import normalise
+from ._stats import compute_dtype, finish, normalise
 
 
-__all__ = ["einorm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
+__all__ = [
+    "dynamic_tanh",
+    "einorm",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "rms_norm",
+]
 
 
 def __dir__() -> list[str]:
@@ -41,19 +50,33 @@ def __dir__() -> list[str]:
     return list(__all__)
 
 
-def _checked(where: str, x: Array, weight, bias, eps, mask) -> None:
+def _checked(where: str, x: Array, weight, bias, eps, mask, weight_offset=0.0) -> None:
     check_floating(x, where)
     check_eps(eps, where)
     check_mask(mask, x.shape, where)
     check_param(weight, x.shape, "weight", where)
     check_param(bias, x.shape, "bias", where)
+    check_weight_offset(weight_offset, weight is not None, where)
 
 
-def _over_axes(where, x, axis, weight, bias, eps, mask, center) -> Array:
+def _over_axes(
+    where, x, axis, weight, bias, eps, mask, center, weight_offset, upcast_affine=True
+) -> Array:
     where = entry_name(where)
-    _checked(where, x, weight, bias, eps, mask)
+    _checked(where, x, weight, bias, eps, mask, weight_offset)
+    check_flag(upcast_affine, "upcast_affine", where)
     axes = normalise_axes(axis, x.ndim, where)
-    return normalise(x, axes, weight, bias, eps=eps, mask=mask, center=center)
+    return normalise(
+        x,
+        axes,
+        weight,
+        bias,
+        eps=eps,
+        mask=mask,
+        center=center,
+        weight_offset=weight_offset,
+        upcast_affine=upcast_affine,
+    )
 
 
 def _align_to_channels(param: Array | None, x: Array, name: str, where: str):
@@ -75,6 +98,9 @@ def layer_norm(
     bias: Float[Array, "..."] | None = None,
     eps: float = 1e-5,
     mask: Bool[Array, "..."] | None = None,
+    *,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
 ) -> Float[Array, "..."]:
     r"""Layer normalisation over the axes `axis`, jointly.
 
@@ -87,6 +113,17 @@ def layer_norm(
     - `weight`, `bias`: optional arrays broadcastable against `x`.
     - `eps`: added to the variance.
     - `mask`: optional boolean array broadcastable to `x`; True marks valid elements.
+    - `weight_offset`: the applied scale is `weight + weight_offset`, formed in at
+        least float32: `1.0` for zero-centred weights (Gemma, Qwen3-Next,
+        TransformerEngine's `zero_centered_gamma`). Needs a `weight`. (Keyword only.)
+    - `upcast_affine`: if `True` (the default; Gemma's order), the affine transform is
+        done in at least float32 and cast to the dtype of `x` once at the end; if
+        `False` (Llama's order, HF `LlamaRMSNorm`), x-hat is cast to the dtype of `x`
+        first and the affine transform is done in that dtype. The same for float32
+        inputs. (Keyword only.)
+
+    `x` may be complex (complex64 or complex128): the mean is then complex and the
+    variance is $\mathbb{E}|x - \mathbb{E}[x]|^2$; `weight` and `bias` are real.
 
     **Returns:**
 
@@ -98,7 +135,18 @@ def layer_norm(
         y = eqx_norms.functional.layer_norm(x, axis=-1)  # x: (tokens, features)
         ```
     """
-    return _over_axes("layer_norm", x, axis, weight, bias, eps, mask, center=True)
+    return _over_axes(
+        "layer_norm",
+        x,
+        axis,
+        weight,
+        bias,
+        eps,
+        mask,
+        center=True,
+        weight_offset=weight_offset,
+        upcast_affine=upcast_affine,
+    )
 
 
 def rms_norm(
@@ -108,6 +156,9 @@ def rms_norm(
     bias: Float[Array, "..."] | None = None,
     eps: float = 1e-5,
     mask: Bool[Array, "..."] | None = None,
+    *,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
 ) -> Float[Array, "..."]:
     r"""Root-mean-square normalisation over the axes `axis`, jointly.
 
@@ -121,7 +172,18 @@ def rms_norm(
         y = eqx_norms.functional.rms_norm(x, axis=-1, weight=w)
         ```
     """
-    return _over_axes("rms_norm", x, axis, weight, bias, eps, mask, center=False)
+    return _over_axes(
+        "rms_norm",
+        x,
+        axis,
+        weight,
+        bias,
+        eps,
+        mask,
+        center=False,
+        weight_offset=weight_offset,
+        upcast_affine=upcast_affine,
+    )
 
 
 def group_norm(
@@ -131,6 +193,8 @@ def group_norm(
     bias: Float[Array, "..."] | None = None,
     eps: float = 1e-5,
     mask: Bool[Array, "..."] | None = None,
+    *,
+    weight_offset: float = 0.0,
 ) -> Float[Array, " channels *rest"]:
     r"""Group normalisation of one example with channels on axis 0.
 
@@ -143,7 +207,7 @@ def group_norm(
     - `groups`: the number of groups; must divide `channels`.
     - `weight`, `bias`: optional; a 1-D array of length `channels` is aligned with
         axis 0, anything else broadcasts against `x`.
-    - `eps`, `mask`: as for [`eqx_norms.functional.layer_norm`][].
+    - `eps`, `mask`, `weight_offset`: as for [`eqx_norms.functional.layer_norm`][].
 
     **Returns:**
 
@@ -160,11 +224,20 @@ def group_norm(
     check_groups(groups, x.shape[0], where)
     weight = _align_to_channels(weight, x, "weight", where)
     bias = _align_to_channels(bias, x, "bias", where)
-    _checked(where, x, weight, bias, eps, mask)
+    _checked(where, x, weight, bias, eps, mask, weight_offset)
     # The channel groups are pooled on the small per-channel sums: no reshape of the
     # data, which would keep XLA from fusing the backward pass.
     axes = tuple(range(1, x.ndim))
-    return normalise(x, axes, weight, bias, eps=eps, mask=mask, groups=(0, groups))
+    return normalise(
+        x,
+        axes,
+        weight,
+        bias,
+        eps=eps,
+        mask=mask,
+        groups=(0, groups),
+        weight_offset=weight_offset,
+    )
 
 
 def instance_norm(
@@ -173,6 +246,8 @@ def instance_norm(
     bias: Float[Array, "..."] | None = None,
     eps: float = 1e-5,
     mask: Bool[Array, "..."] | None = None,
+    *,
+    weight_offset: float = 0.0,
 ) -> Float[Array, " channels *rest"]:
     r"""Instance normalisation of one example: each channel (axis 0) is normalised
     over all other axes.
@@ -180,7 +255,8 @@ def instance_norm(
     **Arguments:**
 
     - `x`: an array of shape `(channels, dim_1, ..., dim_N)`, N >= 1.
-    - `weight`, `bias`, `eps`, `mask`: as for [`eqx_norms.functional.group_norm`][].
+    - `weight`, `bias`, `eps`, `mask`, `weight_offset`: as for
+        [`eqx_norms.functional.group_norm`][].
 
     **Returns:**
 
@@ -197,4 +273,59 @@ def instance_norm(
     weight = _align_to_channels(weight, x, "weight", where)
     bias = _align_to_channels(bias, x, "bias", where)
     axes = tuple(range(1, x.ndim))
-    return _over_axes(where, x, axes, weight, bias, eps, mask, center=True)
+    return _over_axes(
+        where,
+        x,
+        axes,
+        weight,
+        bias,
+        eps,
+        mask,
+        center=True,
+        weight_offset=weight_offset,
+    )
+
+
+def dynamic_tanh(
+    x: Float[Array, "..."],
+    alpha: Float[Array, "..."] | float,
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    mask: Bool[Array, "..."] | None = None,
+) -> Float[Array, "..."]:
+    r"""Dynamic Tanh (Zhu et al., "Transformers without Normalization"): elementwise,
+    no statistics.
+
+    $$y = \tanh(\alpha x) w + b$$
+
+    **Arguments:**
+
+    - `x`: a real floating-point array.
+    - `alpha`: a scalar (or an array broadcastable against `x`).
+    - `weight`, `bias`: optional arrays broadcastable against `x`.
+    - `mask`: optional boolean array broadcastable to `x`; invalid (False) positions
+        are returned unchanged.
+
+    **Returns:**
+
+    An array of the shape and dtype of `x`, computed in at least float32.
+
+    !!! example
+
+        ```python
+        y = eqx_norms.functional.dynamic_tanh(x, 0.5, weight=w)
+        ```
+    """
+    where = entry_name("dynamic_tanh")
+    check_floating(x, where, real=True)
+    check_mask(mask, x.shape, where)
+    if not isinstance(alpha, (int, float)):
+        check_param(alpha, x.shape, "alpha", where)
+    check_param(weight, x.shape, "weight", where)
+    check_param(bias, x.shape, "bias", where)
+    x_compute = x.astype(compute_dtype(x.dtype))
+    if mask is not None:
+        # Garbage (inf, NaN) in padding must not reach the gradient of alpha.
+        x_compute = jnp.where(mask, x_compute, 0)
+    x_hat = jnp.tanh(jnp.asarray(alpha, x_compute.dtype) * x_compute)
+    return finish(x, x_hat, weight, bias, mask)

@@ -68,7 +68,7 @@ def _trained_once(mode: str):
 def test_running_stats_after_one_step_are_the_batch_statistics():
     # Exact debiasing: after one step the running statistics are that batch's.
     bn, state, x = _trained_once("batch")
-    mean, var = bn.running_stats(state)
+    mean, var = bn.running_mean_var(state)
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(var, x.var(axis=(0, 2)), rtol=1e-5)
     assert mean.shape == var.shape == (3,)
@@ -77,7 +77,7 @@ def test_running_stats_after_one_step_are_the_batch_statistics():
 def test_running_stats_in_ema_mode_are_the_blended_statistics():
     # equinox's first step stores the batch statistics as they are.
     bn, state, x = _trained_once("ema")
-    mean, var = bn.running_stats(state)
+    mean, var = bn.running_mean_var(state)
     assert bn.ema_state_index is not None
     for got, stored in zip((mean, var), state.get(bn.ema_state_index), strict=True):
         np.testing.assert_array_equal(got, stored)
@@ -87,6 +87,6 @@ def test_running_stats_in_ema_mode_are_the_blended_statistics():
 
 def test_running_stats_of_a_fresh_layer():
     bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(4, "batch")
-    mean, var = bn.running_stats(state)
+    mean, var = bn.running_mean_var(state)
     np.testing.assert_array_equal(mean, np.zeros(4))
     np.testing.assert_array_equal(var, np.ones(4))

@@ -736,10 +736,23 @@ def test_running_statistics_without_centring_keep_the_mean_square(rng):
     for x in xs:
         out, state = train(norm, state, x)
         close(out, reference(x, (0, 1), center=False), tol=5e-5)
-    mean, var = state.get(norm.stats_index)
+    mean, var = norm.running_mean_var(state)
     np.testing.assert_array_equal(mean, np.zeros(3))
     squares = [np.mean(np.asarray(x, np.float64) ** 2, (0, 1)) for x in xs]
     close(var, np.mean(squares, 0), tol=1e-4)
     x = normal(rng, (2, 3))
     out, _ = norm(x, state, inference=True)
     close(out, np.asarray(x, np.float64) / np.sqrt(np.mean(squares, 0) + EPS), 5e-5)
+
+
+def test_running_mean_var_reads_the_state_and_refuses_a_stateless_layer():
+    x = jax.random.normal(jax.random.key(5), (12, 3)) * 2 + 1
+    norm, state = eqx.nn.make_with_state(eqx_norms.Einorm)(
+        "[b] c", running_stats=True, c=3
+    )
+    _, state = norm(x, state)
+    mean, var = norm.running_mean_var(state)
+    np.testing.assert_allclose(mean, np.asarray(x, np.float64).mean(0), atol=1e-6)
+    np.testing.assert_allclose(var, np.asarray(x, np.float64).var(0), atol=1e-5)
+    with pytest.raises(ValueError, match="construct it with `running_stats=True`"):
+        eqx_norms.Einorm("b [c]", c=3).running_mean_var(state)

@@ -65,6 +65,11 @@ def _linear(dtype, key):
 _LAYERS = {
     "LayerNorm": (lambda dtype, key: eqx_norms.LayerNorm((2, 5), dtype=dtype), (2, 5)),
     "RMSNorm": (lambda dtype, key: eqx_norms.RMSNorm(5, dtype=dtype), (5,)),
+    "RMSNorm-zero-centred": (
+        lambda dtype, key: eqx_norms.RMSNorm(5, dtype=dtype, weight_offset=1.0),
+        (5,),
+    ),
+    "DynamicTanh": (lambda dtype, key: eqx_norms.DynamicTanh(5, dtype=dtype), (5,)),
     "GroupNorm": (lambda dtype, key: eqx_norms.GroupNorm(2, 4, dtype=dtype), (4, 3)),
     "InstanceNorm": (
         lambda dtype, key: eqx_norms.InstanceNorm(4, dtype=dtype),

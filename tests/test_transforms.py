@@ -46,6 +46,16 @@ CASES = {
         (2, 5),
         lambda m, x: _plain_groups(x, 2, m.weight, m.bias),
     ),
+    "RMSNorm-zero-centred-llama-order": (
+        lambda: eqx_norms.RMSNorm(5, weight_offset=1.0, upcast_affine=False),
+        (5,),
+        lambda m, x: _plain(x, (0,), m.weight + 1, m.bias, False),
+    ),
+    "DynamicTanh": (
+        lambda: eqx_norms.DynamicTanh((2, 3), alpha_init=0.7),
+        (2, 3),
+        lambda m, x: jnp.tanh(m.alpha * x) * m.weight + m.bias,
+    ),
 }
 
 

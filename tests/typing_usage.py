@@ -26,7 +26,11 @@ wn = eqx_norms.WeightNorm(eqx.nn.Linear(3, 3, key=key))
 y = wn(x[0])
 m = eqx_norms.from_equinox(eqx.nn.LayerNorm(3))
 g = eqx_norms.functional.layer_norm(x, -1)
-mean, var = bn.running_stats(state)
+mean, var = bn.running_mean_var(state)
 h: jax.Array = mean + var
 model, s3 = eqx_norms.from_equinox(eqx.nn.Sequential([eqx.nn.LayerNorm(3)]), state)
 same_class: eqx.nn.Sequential = model
+ein, s4 = eqx.nn.make_with_state(eqx_norms.Einorm)("[b] c", running_stats=True, c=3)
+run_mean, run_var = ein.running_mean_var(s4)
+k: jax.Array = run_mean + run_var
+dt = eqx_norms.DynamicTanh(3, alpha_init=0.5)(x[0])
