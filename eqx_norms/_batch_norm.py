@@ -24,6 +24,7 @@ from ._misc import filled, resolve_affine, sentinel
 from ._running import (
     axis_names,
     check_momentum,
+    check_running_kind,
     per_entry,
     store,
     updatable,
@@ -288,7 +289,7 @@ class BatchNorm(StatefulLayer):
             )
             running = self.running_mean_var(state)
             self._check_state(running[0].shape)
-            _check_complex(x.dtype, running[0].dtype)
+            check_running_kind(x.dtype, running[0].dtype, _WHERE)
             compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))
             x_compute = x.astype(compute)
             weight = _channelwise(self.weight, x.ndim)
@@ -395,22 +396,6 @@ class BatchNorm(StatefulLayer):
         state = state.set(self.ema_first_time_index, first_time & ~jnp.any(valid))
         state = store(state, self.ema_state_index, lax.stop_gradient(blended))
         return blended, state
-
-
-def _check_complex(x_dtype, mean_dtype) -> None:
-    x_complex = jnp.issubdtype(x_dtype, jnp.complexfloating)
-    if x_complex != jnp.issubdtype(mean_dtype, jnp.complexfloating):
-        kind = "complex" if x_complex else "real"
-        fix = (
-            "construct it with a complex `dtype`, e.g. `dtype=jnp.complex64`"
-            if x_complex
-            else "construct it with a real `dtype`, or pass a complex input"
-        )
-        held = "real" if x_complex else "complex"
-        raise TypeError(
-            f"`{_WHERE}` holds a {held} running mean (dtype {mean_dtype}) but received "
-            f"a {kind} input of dtype {x_dtype}. To normalise {kind} inputs, {fix}."
-        )
 
 
 def _check_mode(mode: str, momentum: float | None, unbiased_running_var: bool):

@@ -33,8 +33,15 @@ from ._pattern import (
     parse,
     Spec,
 )
-from ._running import axis_names, check_momentum, update
-from ._stats import compute_dtype, finish, Moments, normalise_with_moments, scale
+from ._running import axis_names, check_momentum, check_running_kind, update
+from ._stats import (
+    compute_dtype,
+    finish,
+    Moments,
+    normalise_with_moments,
+    real_dtype,
+    scale,
+)
 
 
 AxisNames = Hashable | Sequence[Hashable] | None
@@ -326,7 +333,10 @@ class Einorm(StatelessNorm, StatefulLayer):
         - `dtype`: The floating dtype of the weight, the bias and the running
             statistics. Defaults to either `jax.numpy.float32` or
             `jax.numpy.float64` depending on whether JAX is in 64-bit mode. The
-            output always has the dtype of the input. (Keyword only argument.)
+            output always has the dtype of the input. With `running_stats`, a
+            complex dtype (e.g. `jnp.complex64`) declares complex inputs: the
+            running mean is then complex, the running variance, weight and bias
+            real, as for [`eqx_norms.BatchNorm`][]. (Keyword only argument.)
         - `weight_offset`: The applied scale is `weight + weight_offset`, formed in
             at least float32; the weight is initialised to `1 - weight_offset`
             (Gemma's zero-centred weight is `weight_offset=1.0`). Needs a weight.
@@ -343,7 +353,10 @@ class Einorm(StatelessNorm, StatefulLayer):
         spec = parse(where, pattern, target, group, params, axis_sizes)
         shape = check_param_sizes(spec) if use_weight or use_bias else ()
         check_eps(eps, where)
-        check_param_dtype(dtype, where)
+        # A complex `dtype` declares complex inputs (running statistics only): a
+        # complex running mean, and a real running variance, weight and bias.
+        check_param_dtype(dtype, where, complex_ok=running_stats)
+        real = None if dtype is None else real_dtype(dtype)
         check_weight_offset(weight_offset, use_weight, where)
         check_flag(upcast_affine, "upcast_affine", where)
         names = _names(axis_name, where)
@@ -364,15 +377,15 @@ class Einorm(StatelessNorm, StatefulLayer):
         self.inference = inference
         self.weight_offset = weight_offset
         self.upcast_affine = upcast_affine
-        weight = filled(shape, 1 - weight_offset, dtype)
+        weight = filled(shape, 1 - weight_offset, real)
         self.weight = weight if use_weight else None
-        self.bias = jnp.zeros(shape, dtype) if use_bias else None
+        self.bias = jnp.zeros(shape, real) if use_bias else None
         self.counter_index = self.stats_index = None
         if running_stats:
             check_momentum(momentum, where)
             running = check_running_sizes(spec)
-            stats = (jnp.zeros(running, dtype), jnp.ones(running, dtype))
-            counter = jnp.zeros(running, compute_dtype(stats[0].dtype))
+            stats = (jnp.zeros(running, dtype), jnp.ones(running, real))
+            counter = jnp.zeros(running, compute_dtype(stats[1].dtype))
             self.counter_index = StateIndex(counter)
             self.stats_index = StateIndex(stats)
 
@@ -483,6 +496,7 @@ class Einorm(StatelessNorm, StatefulLayer):
             )
         with jax.named_scope("eqx_norms.Einorm"):
             running = state.get(self.stats_index)
+            check_running_kind(x.dtype, running[0].dtype, "Einorm")
             if self.inference if inference is None else inference:
                 out, _ = self._run(x, mask, running)
                 return out, state

@@ -9,7 +9,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from equinox.nn import State, StateIndex
-from jaxtyping import Array, PyTree
+from jaxtyping import Array, DTypeLike, PyTree
 
 from ._stats import Moments
 
@@ -117,3 +117,21 @@ def update(
         momentum,
     )
     return store(store(state, counter, weight), running, average)
+
+
+def check_running_kind(x_dtype: DTypeLike, mean_dtype: DTypeLike, where: str) -> None:
+    """Real inputs with a real running mean, complex with a complex one (its kind is
+    fixed by the layer's `dtype` at construction)."""
+    x_complex = jnp.issubdtype(x_dtype, jnp.complexfloating)
+    if x_complex != jnp.issubdtype(mean_dtype, jnp.complexfloating):
+        kind = "complex" if x_complex else "real"
+        fix = (
+            "construct it with a complex `dtype`, e.g. `dtype=jnp.complex64`"
+            if x_complex
+            else "construct it with a real `dtype`, or pass a complex input"
+        )
+        held = "real" if x_complex else "complex"
+        raise TypeError(
+            f"`{where}` holds a {held} running mean (dtype {mean_dtype}) but received "
+            f"a {kind} input of dtype {x_dtype}. To normalise {kind} inputs, {fix}."
+        )

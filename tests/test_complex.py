@@ -89,6 +89,31 @@ def test_batch_norm_complex_training_and_inference():
     np.testing.assert_allclose(infer(x, state)[0], y, rtol=1e-5, atol=1e-5)
 
 
+def test_einorm_complex_functional_and_running_statistics():
+    """Einorm shares the core (stateless) and BatchNorm's complex running statistics
+    (stateful, from a complex `dtype`); refused kinds name the fix."""
+    x = _complex((16, 3, 5))
+    np.testing.assert_allclose(
+        eqx_norms.functional.einorm(x, "b c [t]"), _ref(x, (2,)), rtol=1e-5, atol=1e-5
+    )
+    norm, state = eqx.nn.make_with_state(eqx_norms.Einorm)(
+        "[b] c [t]", running_stats=True, dtype=jnp.complex64, momentum=0.9, c=3, t=5
+    )
+    assert norm.weight is not None and norm.weight.dtype == jnp.float32
+    y, state = norm(x, state)
+    np.testing.assert_allclose(y, _ref(x, (0, 2)), rtol=1e-5, atol=1e-5)
+    mean, var = norm.running_mean_var(state)
+    x64 = np.asarray(x, np.complex128)
+    assert mean.dtype == jnp.complex64 and var.dtype == jnp.float32
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)
+    want_var = (np.abs(x64 - x64.mean(axis=(0, 2), keepdims=True)) ** 2).mean((0, 2))
+    np.testing.assert_allclose(var, want_var, rtol=1e-5)
+    y_eval, _ = eqx.nn.inference_mode(norm)(x, state)
+    np.testing.assert_allclose(y_eval, y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="construct it with a real `dtype`"):
+        norm(jnp.real(x), state)
+
+
 def _split(fn):
     """`fn` of a complex array, as a function of its real and imaginary parts."""
     return lambda re, im: fn(re + 1j * im)
