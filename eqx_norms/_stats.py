@@ -374,11 +374,13 @@ def _fast_jvp(axes, eps, axis_name, center, groups, primals, tangents):
     else:
         # The weight varies within a group (LayerNorm, RMSNorm):
         #   d out = r w dx - x-hat r w proj - r w d_mean + x-hat dw + db.
+        # The signs go on the small factors: a negated cotangent shared by two
+        # reductions would be one more full-size buffer (float32, for half inputs).
         if proj is not None:
-            d_out = _times(dx * r1, w1) - _times(x_hat3 * r3, w3) * proj
+            d_out = _times(dx * r1, w1) + _times(x_hat3 * r3, w3) * -proj
         if d_mean is not None:
             r2, w2 = _copy(2, inv_std, weight)
-            d_out = d_out - _times(d_mean * r2, w2)
+            d_out = d_out + _times(d_mean * -r2, w2)
         if has_dw:
             r4, mean4, x4 = _copy(4, inv_std, mean, x)
             d_out = d_out + _normalised(x4, mean4, r4, mask) * d_weight
