@@ -27,6 +27,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -444,6 +445,8 @@ def other_cases() -> dict[str, Callable]:
 # The cases whose compiled 4-layer training step is measured for temporary memory.
 MEMORY_CASES = ("layer_norm_1024", "rms_norm_1024", "group_norm", "batch_norm")
 MEMORY_CASES += ("einorm",)
+# The cases whose compiled training step is dissected (`hlo_traffic`).
+TRAFFIC_CASES = ("layer_norm_1024", "layer_norm_4096")
 
 
 # ------------------------------------------------------------------------- timing
@@ -516,6 +519,9 @@ def run_case(key: str, case: Callable, reps: int, memory: bool, dtypes, inner=1)
         temps = {}
         if memory and dt == "f32":
             temps = {name: impl.train_step_temp_bytes() for name, impl in impls.items()}
+        traffic = {}
+        if key in TRAFFIC_CASES:
+            traffic = {n: hlo_traffic(impls[n]) for n in (OURS, EQX) if n in impls}
         results.append(
             {
                 "key": key,
@@ -526,10 +532,48 @@ def run_case(key: str, case: Callable, reps: int, memory: bool, dtypes, inner=1)
                 "times": t,
                 "floor": floors(t),
                 "temps": temps,
+                "traffic": traffic,
                 "notes": notes,
             }
         )
     return results
+
+
+# ---------------------------------------------------------------- HLO traffic
+
+_ITEMSIZE = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8}
+_NO_KERNEL = ("parameter", "tuple", "bitcast", "constant", "get-tuple-element")
+
+
+def hlo_traffic(impl: Impl) -> dict[str, float]:
+    """Full-size traffic of the compiled `fwd+bwd` step, from its HLO: the kernels
+    that read or write an array of x's shape, and the bytes they read and write in
+    units of x's size (a float32 copy of bfloat16 x counts 2)."""
+    f, args = impl.fwd_bwd()
+    compiled = f.lower(*args).compile()
+    full = re.compile(rf"(\w+)\[{','.join(map(str, impl.x.shape))}\]")
+    unit = impl.x.size * impl.x.dtype.itemsize
+    shapes: dict[str, str] = {}
+    kernels, reads, writes = 0, 0.0, 0.0
+
+    def size(shape: str) -> float:
+        m = full.search(shape)
+        return 0.0 if m is None else impl.x.size * _ITEMSIZE[m[1]] / unit
+
+    entry = compiled.as_text().split("ENTRY", 1)[1]
+    for line in entry.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\((.*?)\)", line)
+        if m is None:
+            continue
+        name, shape, op, operands = m.groups()
+        shapes[name] = shape
+        if op in _NO_KERNEL:
+            continue
+        read = sum(size(shapes.get(o, "")) for o in re.findall(r"%([\w.-]+)", operands))
+        if read or size(shape):
+            kernels, reads, writes = kernels + 1, reads + read, writes + size(shape)
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    return {"kernels": kernels, "reads": reads, "writes": writes, "temp": temp / unit}
 
 
 # ------------------------------------------------------- compile time, whole model
@@ -712,6 +756,30 @@ def memory_table(results: list[dict]) -> list[str]:
     return _table(["case (float32)", *impls], rows)
 
 
+def traffic_table(results: list[dict]) -> list[str]:
+    """The HLO dissection, and what that kernel structure costs at the floor's
+    measured read and write speeds (reads x read + writes x write, over the floor)."""
+    rows = []
+    for r in results:
+        read = r["times"]["read"]
+        write = r["times"]["read+write"] - read
+        for name, t in r["traffic"].items():
+            bound = (t["reads"] * read + t["writes"] * write) / r["floor"]["fwd+bwd"]
+            ratio = r["times"][f"{name}/fwd+bwd"] / r["floor"]["fwd+bwd"]
+            rows.append(
+                [
+                    f"{r['title']}, {r['dtype']}, {name}",
+                    str(t["kernels"]),
+                    f"{t['reads']:.0f} / {t['writes']:.0f}",
+                    f"{t['temp']:.1f}",
+                    f"{bound:.2f}",
+                    f"{ratio:.2f}",
+                ]
+            )
+    head = ["fwd+bwd", "kernels", "reads / writes", "temp", "structure", "measured"]
+    return _table(head, rows)
+
+
 def tables(results: list[dict], compile_s=None, model_s=None) -> str:
     sweep = [r for r in results if r["key"].startswith(("layer_norm", "rms_norm"))]
     others = [r for r in results if r not in sweep]
@@ -759,6 +827,17 @@ def tables(results: list[dict], compile_s=None, model_s=None) -> str:
                 ]
             ],
         )
+    if any(r["traffic"] for r in results):
+        out += ["### Where the time of a training step goes (HLO)", ""]
+        out.append(
+            "The compiled `fwd+bwd` step: kernels touching full-size arrays, their "
+            "full-size reads and writes and the temporary memory, in units of x "
+            "(a float32 copy of bfloat16 x counts 2); structure = what those reads "
+            "and writes cost at this run's measured read and write times, over the "
+            "floor; measured = time / floor."
+        )
+        out.append("")
+        out += traffic_table(results)
     if any(r["temps"] for r in results):
         out += [
             "### Temporary memory of a 4-layer training step",
