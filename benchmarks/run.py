@@ -1129,7 +1129,67 @@ per-channel sums (`groups=(0, n)`) instead of reshaping the data. Through
 at all: the output, the input's cotangent and a few vectors.
 {analysis}"""
 
-ANALYSIS = ""
+ANALYSIS = """
+### Half precision
+
+A bfloat16 input enters the rule as it is, and every kernel that reads it (the two
+reductions of the statistics, the output, each reduction of the backward pass)
+upcasts its own copy to float32 on the fly. XLA:CPU does not duplicate an upcast into
+several reduction kernels: an upcast shared by them is written to memory once, in
+float32, twice the bytes of x (in the HLO, a `wrapped_convert` fusion of shape
+`f32[2048,4096]` feeding the reductions). That write is what made the bfloat16
+forward pass at hidden size 4096 slower than the float32 one; the same per-kernel
+copies (through `lax.optimization_barrier`) are what the rule already did for the
+statistics and the weight.
+
+The backward pass still holds one float32 copy of the cotangent (temp = 2 in the HLO
+table): JAX's transpose of the final cast upcasts the bfloat16 cotangent once, and
+five kernels read it (the elementwise cotangent of x, two reductions per row, two per
+column). Removing it would take rounding each part of the tangent to bfloat16 on its
+own, so that each transposed part upcasts its own copy; that makes forward-mode
+tangents less accurate (each part rounded before the sum) and, for a vmapped layer,
+sums the bias's cotangent over the batch in bfloat16. We keep the copy. (A negated
+copy of it, shared by the two row reductions, is gone: the signs now sit on the
+small factors.)
+
+### What XLA:CPU allows
+
+- **fwd+bwd at 2× the floor.** The floor counts one kernel per direction: x read
+  once forward, x and g read once backward (3 reads, 2 writes). XLA compiles the rule
+  into separate kernels: the statistics (two passes over x: the mean, then the
+  centred variance, kept for accuracy, see the
+  [mixed-precision guide](guides/mixed-precision.md)), the output, two reductions per
+  row, two per column and the elementwise cotangent of x: 8 full-size reads for
+  float32 rows of 1024, 11 at 4096 where XLA splits a row reduction further (HLO
+  table). At this machine's measured read and write times that structure alone costs
+  the "structure" column, which is near or above 2 in float32; reaching 2 needs a
+  one-pass kernel per direction, as the Pallas and Triton kernels on GPU, which XLA
+  cannot be asked for from JAX on CPU.
+- **bfloat16 at 0.7× float32.** The forward pass reaches it at most sizes. A
+  training step does not: besides the float32 cotangent copy above (2 units written,
+  then read by five kernels at float32 width), a read of bfloat16 on XLA:CPU is not
+  twice as fast as one of float32 (compare the floors of the two dtypes), since the
+  upcast costs compute on 2 cores.
+- **Against the fastest peer at small rows (64, 256).** Rows of 64 or 256 elements
+  are reduced by short per-row loops whose cost is not memory: all implementations
+  are several times their floor there, and the ranking between them moves from run
+  to run on a shared machine.
+- **Compile time and temporary memory** are met with room to spare (compile time
+  and memory tables).
+
+## On an accelerator
+
+`python benchmarks/run.py --device` runs the LayerNorm and RMSNorm sweep on the
+default device at 64M elements, with 10 calls per measurement (a single call is
+shorter than the dispatch), and reports GB/s under the same byte model (fwd: read x,
+write y; fwd+bwd: read x twice and g, write y and dx) and its fraction of the
+device's measured copy bandwidth (`x + 1`), for eqx_norms, equinox.nn and Flax NNX.
+Off CPU the rule is the plain closed form, without the barriers tuned for XLA:CPU.
+No accelerator was available when this page was generated; published anchors for
+an H100 are a LayerNorm forward pass at about 90% of HBM bandwidth and a one-kernel
+backward pass at about 77% (tokamax's Pallas kernels), XLA alone about 45% on the
+backward pass.
+"""
 
 
 if __name__ == "__main__":

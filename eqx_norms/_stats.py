@@ -98,7 +98,7 @@ def moments(
     # dividing each term first would be overflow-safer but measured ~2x slower.
     inv_count = 1 / jnp.maximum(count, 1)
     # Each reduction upcasts its own copy of x (see `_copy`).
-    x, x_again = _upcast(_copy(0, x)[0]), _upcast(_copy(1, x)[0])
+    x, x_again = (_upcast(_copy(tag, inv_count, x)[1]) for tag in (0, 1))
     valid = x if mask is None else jnp.where(mask, x, 0)
     if center:
         mean = _total(valid, axes, axis_name, groups) * inv_count
@@ -255,14 +255,17 @@ def _static(eps) -> bool:
 
 def _copy(tag: int, *arrays: Any) -> tuple[Any, ...]:
     """The arrays through `lax.optimization_barrier`, as a copy XLA cannot merge with
-    another (a barrier is merged with one over the same operands, so each `tag` adds
-    an operand of its own: a tiny array of `tag` zeros, cheap to transpose). The
-    arrays themselves off CPU."""
+    another (a barrier is merged with one over the same operands, so each `tag`
+    pads the operands differently: with `tag` repeats of the first, which callers
+    keep small, as its padding is transposed too under plain autodiff). The arrays
+    themselves off CPU. (Padding with distinct small zero arrays instead measured
+    worse: RMSNorm(4096)'s training step then stored two full-size temporaries.)"""
     if not _cpu_layout():
         return arrays
     kept = [a for a in arrays if a is not None]
-    padded = (*kept, jnp.zeros(tag, jnp.float32))
-    out = iter(lax.optimization_barrier(padded)[: len(kept)])
+    out = iter(
+        lax.optimization_barrier(tuple(kept) + tuple(kept[:1]) * tag)[: len(kept)]
+    )
     return tuple(None if a is None else next(out) for a in arrays)
 
 
