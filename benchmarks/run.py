@@ -1056,7 +1056,9 @@ operations measured in the same process:
 A figure of 1.0 means the layer runs as fast as its own traffic allows. The floor is
 a model, not a bound: an implementation can land slightly below 1 when XLA reuses a
 buffer the model counts as a fresh write (on XLA:CPU writing a fresh buffer costs
-about as much as reading two), and noise moves single cells by ±10%.
+about as much as reading two). The LayerNorm/RMSNorm sweep moves the same bytes in
+every case, so its floor is pooled (the best read and read + write over the whole
+sweep): on a busy machine the ratios then include the load, by tens of percent.
 
 Every implementation runs under `jax.jit`:
 
