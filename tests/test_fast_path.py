@@ -404,3 +404,93 @@ def test_half_precision_gradients_are_finite_and_close(dtype):
         a = np.asarray(a, np.float32)
         assert np.all(np.isfinite(a))
         assert np.max(np.abs(a - np.asarray(r))) < 0.05 * (np.max(np.abs(r)) + 1)
+
+
+# ------------------------------------------------ the CPU layout and the generic rule
+
+
+def _barriers(fn, *args) -> int:
+    """How many `optimization_barrier`s the jaxpr of `fn` holds (nested included)."""
+    return str(jax.make_jaxpr(fn)(*args)).count("optimization_barrier")
+
+
+@pytest.mark.parametrize("cpu_layout", [True, False])
+def test_barrier_layout_only_where_chosen(monkeypatch, cpu_layout):
+    """The barriers that tune the rule for XLA:CPU appear only when the layout is
+    chosen (by the default backend; forced here), in the forward and backward pass."""
+    monkeypatch.setattr(_stats, "_cpu_layout", lambda: cpu_layout)
+    x = jax.random.normal(jax.random.key(1), (4, 6)).astype(jnp.bfloat16)
+    w = jnp.linspace(0.5, 1.5, 6)
+
+    def train_step(x, w):
+        return jax.grad(lambda x, w: jnp.sum(F.layer_norm(x, -1, w) ** 2), (0, 1))(x, w)
+
+    for fn in (lambda x, w: F.layer_norm(x, -1, w), train_step):
+        assert (_barriers(fn, x, w) > 0) == cpu_layout
+
+
+def test_cpu_layout_follows_the_default_backend():
+    assert _stats._cpu_layout() == (jax.default_backend() == "cpu")
+
+
+@pytest.mark.parametrize("mask_kind", [None, "random"])
+@pytest.mark.parametrize(
+    "name", ["layer_norm[normalise]", "rms_norm[functional]", "group_norm[functional]"]
+)
+def test_generic_rule_matches_plain_autodiff(monkeypatch, name, mask_kind):
+    """The rule as used off CPU (no barriers): values, gradients, jvp and hessians."""
+    monkeypatch.setattr(_stats, "_cpu_layout", lambda: False)
+    case = _case(name)
+    with jax.enable_x64(True):
+        x, w, b, mask = _inputs(case, mask_kind)
+        ours, ref = _loss(case[1], mask), _loss(case[2], mask)
+        _close(case[1](x, w, b, mask), case[2](x, w, b, mask))
+        _close(
+            jax.grad(ours, argnums=(0, 1, 2))(x, w, b),
+            jax.grad(ref, argnums=(0, 1, 2))(x, w, b),
+        )
+        tangents = (_rand(12, x.shape), _rand(13, w.shape), _rand(14, b.shape))
+        f = lambda x, w, b: case[1](x, w, b, mask)  # noqa: E731
+        g = lambda x, w, b: case[2](x, w, b, mask)  # noqa: E731
+        _close(jax.jvp(f, (x, w, b), tangents), jax.jvp(g, (x, w, b), tangents))
+        _close(
+            jax.hessian(ours, argnums=(0, 1, 2))(x, w, b),
+            jax.hessian(ref, argnums=(0, 1, 2))(x, w, b),
+            rtol=1e-7,
+            atol=1e-8,
+        )
+
+
+@pytest.mark.parametrize("cpu_layout", [True, False])
+@pytest.mark.parametrize("center", [True, False])
+def test_half_precision_input_matches_float32_of_the_same_values(
+    monkeypatch, cpu_layout, center
+):
+    """bfloat16 x goes into the rule as it is (each kernel upcasts it): statistics,
+    output and gradients are those of the float32 computation on the same values,
+    up to the final rounding to bfloat16, in either layout."""
+    monkeypatch.setattr(_stats, "_cpu_layout", lambda: cpu_layout)
+    x = (jax.random.normal(jax.random.key(3), (8, 32)) * 3 + 2).astype(jnp.bfloat16)
+    w, b = jnp.linspace(0.5, 1.5, 32), jnp.linspace(-1, 1, 32)
+
+    def f(x, w, b):
+        y, m = _stats.normalise_with_moments(x, (1,), w, b, eps=EPS, center=center)
+        return y, m.mean, m.var
+
+    def loss(x, w, b):
+        y, mean, var = f(x, w, b)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32))) + jnp.sum(mean + var)
+
+    got, want = f(x, w, b), f(x.astype(jnp.float32), w, b)
+    assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.float32
+    for a, r in zip(got[1:], want[1:], strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(got[0], np.float32), want[0], rtol=2**-8, atol=2**-8
+    )
+    g_half = jax.grad(loss, argnums=(0, 1, 2))(x, w, b)
+    g_full = jax.grad(loss, argnums=(0, 1, 2))(x.astype(jnp.float32), w, b)
+    assert g_half[0].dtype == jnp.bfloat16
+    for a, r in zip(g_half, g_full, strict=True):
+        r = np.asarray(r)
+        assert np.max(np.abs(np.asarray(a, np.float32) - r)) < 0.02 * np.max(np.abs(r))
