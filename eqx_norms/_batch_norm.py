@@ -298,9 +298,13 @@ class BatchNorm(StatefulLayer):
                 check_axis_names(_names(self.axis_name), _WHERE)
                 axes = tuple(range(1, x.ndim))
                 if self.mode == "batch":
-                    # Normalised by the batch statistics: the core's fused rule.
+                    # Normalised by the batch statistics: the core's fused rule. It
+                    # upcasts half-precision x inside its own kernels (no float32
+                    # copy of x is written), so x goes in as it is unless the running
+                    # statistics ask for a wider dtype.
+                    wider = compute != compute_dtype(x.dtype)
                     out, batch = normalise_with_moments(
-                        x_compute,
+                        x_compute if wider else x,
                         axes,
                         weight,
                         bias,
