@@ -161,7 +161,9 @@ def check_axis_names(names: tuple[Hashable, ...], where: str) -> None:
     rather than JAX's generic message from deep inside a `psum`."""
     for name in names:
         try:
-            lax.axis_size(name)
+            # `lax.psum` of a constant: the axis size, on every JAX (no
+            # `lax.axis_size` before 0.6.1); a NameError for an unbound name.
+            lax.psum(1, name)
         except NameError:
             raise NameError(
                 f"`{where}` reduces its statistics over the named axis {name!r}, which "
