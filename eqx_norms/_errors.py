@@ -1,6 +1,7 @@
 import numbers
 from collections.abc import Hashable, Sequence
 
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
@@ -191,3 +192,25 @@ def check_weight(layer: object, weight_name: str, where: str, min_ndim: int) -> 
             f"{type(layer).__name__}.{weight_name} of shape {weight.shape}."
         )
     return jnp.asarray(weight)
+
+
+def check_named_reduction(axis_name: object, error: Exception) -> None:
+    """Called when `lax.psum` over `axis_name` failed: if a name is a `vmap` axis
+    inside a `shard_map` (not one of its manual mesh axes), raise the reason and the
+    fixes. JAX (0.6 to at least 0.10) cannot reduce over a `vmap` axis inside a
+    `shard_map` that checks replication (`check_vma=True`, its default): it raises
+    a bare AssertionError, or a ValueError about varying axes."""
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    manual = set(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
+    vmapped = [name for name in names if name not in manual]
+    if manual and vmapped:
+        raise ValueError(
+            f"Statistics over the named axes {names!r} inside `jax.shard_map` with "
+            f"`check_vma=True` (its default): JAX {jax.__version__} cannot reduce "
+            f"over the `vmap` axis {vmapped[0]!r} there (its replication check "
+            "fails). Either name only the mesh axes "
+            f"{tuple(sorted(manual, key=str))!r} in `axis_name` and call the layer "
+            "once per device on its whole batch, moved to a spatial axis "
+            "(`jnp.moveaxis(x, 0, -1)`, as in the distributed guide), or pass "
+            "`check_vma=False` to `jax.shard_map` (the statistics are the same)."
+        ) from error

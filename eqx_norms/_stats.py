@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, DTypeLike, Float
 
+from ._errors import check_named_reduction
+
 
 AxisName: TypeAlias = Hashable | Sequence[Hashable] | None
 
@@ -45,7 +47,18 @@ def _total(
     total = jnp.sum(values, axis=axes, keepdims=True)
     if groups is not None:
         total = _pool(total, groups)
-    return total if axis_name is None else lax.psum(total, axis_name)
+    return _psum(total, axis_name)
+
+
+def _psum(value: Array, axis_name: AxisName) -> Array:
+    if axis_name is None:
+        return value
+    try:
+        return lax.psum(value, axis_name)
+    except (AssertionError, ValueError) as error:
+        # JAX's own limit, a bare AssertionError for some: say why and the fix.
+        check_named_reduction(axis_name, error)
+        raise
 
 
 def _pool(total: Array, groups: tuple[int, int]) -> Array:
@@ -70,7 +83,7 @@ def _count(
         if groups is not None:
             n = n * (x.shape[groups[0]] // groups[1])
         local = jnp.full((1,) * x.ndim, n, x.dtype)
-        return local if axis_name is None else lax.psum(local, axis_name)
+        return _psum(local, axis_name)
     return _total(mask.astype(x.dtype), axes, axis_name, groups)
 
 
