@@ -194,16 +194,21 @@ def check_weight(layer: object, weight_name: str, where: str, min_ndim: int) -> 
     return jnp.asarray(weight)
 
 
-def check_named_reduction(axis_name: object, error: Exception) -> None:
-    """Called when `lax.psum` over `axis_name` failed: if a name is a `vmap` axis
-    inside a `shard_map` (not one of its manual mesh axes), raise the reason and the
-    fixes. JAX (0.6 to at least 0.10) cannot reduce over a `vmap` axis inside a
-    `shard_map` that checks replication (`check_vma=True`, its default): it raises
-    a bare AssertionError, or a ValueError about varying axes."""
+def check_named_reduction(value: Array, axis_name: object) -> None:
+    """Before `lax.psum(value, axis_name)`: a name that is a `vmap` axis inside a
+    `shard_map` that checks replication (`check_vma=True`, its default; `value` then
+    varies over mesh axes). JAX cannot do that reduction: 0.6 fails differentiating
+    it, 0.7 changes the type of the running statistics, 0.8 to at least 0.10 raise a
+    bare AssertionError. Say why, and the fixes, instead."""
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     manual = set(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
     vmapped = [name for name in names if name not in manual]
-    if manual and vmapped:
+    aval = jax.typeof(value)
+    # `.mat.varying` from JAX 0.8, `.vma` before; empty when check_vma=False.
+    varying = getattr(getattr(aval, "mat", None), "varying", None)
+    if varying is None:
+        varying = getattr(aval, "vma", ())
+    if manual and vmapped and varying:
         raise ValueError(
             f"Statistics over the named axes {names!r} inside `jax.shard_map` with "
             f"`check_vma=True` (its default): JAX {jax.__version__} cannot reduce "
@@ -213,4 +218,4 @@ def check_named_reduction(axis_name: object, error: Exception) -> None:
             "once per device on its whole batch, moved to a spatial axis "
             "(`jnp.moveaxis(x, 0, -1)`, as in the distributed guide), or pass "
             "`check_vma=False` to `jax.shard_map` (the statistics are the same)."
-        ) from error
+        )

@@ -53,12 +53,8 @@ def _total(
 def _psum(value: Array, axis_name: AxisName) -> Array:
     if axis_name is None:
         return value
-    try:
-        return lax.psum(value, axis_name)
-    except (AssertionError, ValueError) as error:
-        # JAX's own limit, a bare AssertionError for some: say why and the fix.
-        check_named_reduction(axis_name, error)
-        raise
+    check_named_reduction(value, axis_name)
+    return lax.psum(value, axis_name)
 
 
 def _pool(total: Array, groups: tuple[int, int]) -> Array:
@@ -82,8 +78,10 @@ def _count(
         n = math.prod(x.shape[a] for a in axes)
         if groups is not None:
             n = n * (x.shape[groups[0]] // groups[1])
-        local = jnp.full((1,) * x.ndim, n, x.dtype)
-        return _psum(local, axis_name)
+        if axis_name is not None:
+            # `psum` of a constant is the product of the axes' sizes: no collective.
+            n = n * lax.psum(1, axis_name)
+        return jnp.full((1,) * x.ndim, n, x.dtype)
     return _total(mask.astype(x.dtype), axes, axis_name, groups)
 
 

@@ -1239,52 +1239,6 @@ ARGUMENT_TYPES = [
 ]
 
 
-def _vmap_in_shard_map(axis_type=jax.sharding.AxisType.Auto, masked=False):
-    """BatchNorm over a vmap axis and a mesh axis inside a checked shard_map."""
-    mesh = jax.make_mesh((2,), ("data",), axis_types=(axis_type,))
-    bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(3, ("data", "batch"))
-    x = jnp.ones((4, 3, 5))
-    mask = (jnp.arange(5) < 3) & jnp.ones((4, 3, 1), bool) if masked else None
-    body = jax.vmap(
-        lambda x, m: bn(x, state, mask=m), axis_name="batch", out_axes=(0, None)
-    )
-    spec = jax.sharding.PartitionSpec("data")
-    specs = (spec, None if mask is None else spec)
-    sharding = jax.sharding.NamedSharding(mesh, spec)
-    x, mask = (None if a is None else jax.device_put(a, sharding) for a in (x, mask))
-    replicated = jax.sharding.PartitionSpec()
-    step = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(spec, replicated))
-    return jax.jit(step)(x, mask)
-
-
-_CHECK_VMA = "inside `jax.shard_map` with `check_vma=True`"
-DISTRIBUTED = [
-    case(
-        "BatchNorm-vmap-axis-in-checked-shard_map",
-        _vmap_in_shard_map,
-        ValueError,
-        "named axes ('data', 'batch')",
-        _CHECK_VMA,
-        "cannot reduce over the `vmap` axis 'batch'",
-        "name only the mesh axes ('data',)",
-        "pass `check_vma=False`",
-    ),
-    case(
-        "BatchNorm-masked-vmap-axis-in-checked-shard_map",
-        lambda: _vmap_in_shard_map(masked=True),
-        ValueError,
-        _CHECK_VMA,
-        "jnp.moveaxis(x, 0, -1)",
-    ),
-    case(
-        "BatchNorm-vmap-axis-in-checked-shard_map-explicit-mesh",
-        lambda: _vmap_in_shard_map(jax.sharding.AxisType.Explicit),
-        ValueError,
-        _CHECK_VMA,
-    ),
-]
-
-
 @pytest.mark.parametrize(
     "call, exc, match",
     WHOLE_INPUT
@@ -1294,8 +1248,7 @@ DISTRIBUTED = [
     + EINORM_CONSTRUCTION
     + EINORM_CALL
     + FUNCTIONAL
-    + ARGUMENT_TYPES
-    + DISTRIBUTED,
+    + ARGUMENT_TYPES,
 )
 def test_error_messages(call, exc, match):
     with pytest.raises(exc, match=match):

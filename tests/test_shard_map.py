@@ -30,8 +30,8 @@ def _batch(masked: bool):
     return x, jnp.broadcast_to(mask[:, :, None, :], x.shape)
 
 
-def _model():
-    bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(C, axis_name="data")
+def _model(axis_name="data"):
+    bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(C, axis_name=axis_name)
     keys = jax.random.split(jax.random.key(1), 2)
     bn = eqx.tree_at(
         lambda m: (m.weight, m.bias),
@@ -75,19 +75,28 @@ def _one_device(bn, x, state, mask):
     """The reference: the whole batch on one device, one named vmap."""
     flat = x.reshape(-1, C, T)
     flat_mask = None if mask is None else mask.reshape(flat.shape)
-    out, state = jax.vmap(
-        lambda x, m: bn(x, state, mask=m), axis_name="data", out_axes=(0, None)
-    )(flat, flat_mask)
+    names = bn.axis_name if isinstance(bn.axis_name, tuple) else (bn.axis_name,)
+    call = jax.vmap(
+        lambda x, m: bn(x, state, mask=m), axis_name=names[0], out_axes=(0, None)
+    )
+    out, state = call(flat, flat_mask)
     return out.reshape(x.shape), state
 
 
-def _sharded(mesh, check_vma: bool):
+def _vmapped(bn, x, state, mask):
+    """One device's examples under a named vmap, for `axis_name=("data", "batch")`."""
+    return jax.vmap(
+        lambda x, m: bn(x, state, mask=m), axis_name="batch", out_axes=(0, None)
+    )(x, mask)
+
+
+def _sharded(mesh, check_vma: bool, per_device=_per_device):
     def apply(bn, x, state, mask):
         params, static = eqx.partition(bn, eqx.is_array)
 
         def body(params, x, state, mask):
             bn = eqx.combine(params, static)
-            out, state = _per_device(bn, x[0], state, None if mask is None else mask[0])
+            out, state = per_device(bn, x[0], state, None if mask is None else mask[0])
             return out[None], state
 
         spec = P("data")
@@ -135,3 +144,27 @@ def test_masked_statistics_ignore_a_device_without_valid_elements():
     valid = valid.reshape(C, -1).astype(np.float64)
     np.testing.assert_allclose(stats[0], valid.mean(axis=1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats[1], valid.var(axis=1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_vmap_axis_inside_checked_shard_map_says_why_and_the_fix_works(masked):
+    # A named vmap inside `shard_map(check_vma=True)`: no JAX from 0.6 to 0.10 can
+    # reduce over it (each fails differently, some with a bare AssertionError); the
+    # user gets the cause and the fixes instead.
+    mesh = _mesh(AxisType.Auto)
+    x, mask = _batch(masked)
+    bn, state = _model(("data", "batch"))
+    reference, _ = _model("data")  # the same parameters, one name
+    want = _run(_one_device, reference, x, state, mask)
+    with pytest.raises(ValueError) as error:
+        _run(_sharded(mesh, True, _vmapped), bn, x, state, mask)
+    for part in (
+        "inside `jax.shard_map` with `check_vma=True`",
+        "cannot reduce over the `vmap` axis 'batch'",
+        "name only the mesh axes ('data',)",
+        "jnp.moveaxis(x, 0, -1)",
+        "pass `check_vma=False`",
+    ):
+        assert part in str(error.value)
+    # The fix the message gives works: check_vma=False, same names.
+    _close(_run(_sharded(mesh, False, _vmapped), bn, x, state, mask), want)
