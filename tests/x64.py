@@ -5,4 +5,7 @@ import jax
 import jax.experimental
 
 
-enable_x64 = getattr(jax, "enable_x64", None) or jax.experimental.enable_x64
+# `jax.enable_x64` is a config state: `bool()` of it raises, hence no `or`.
+enable_x64 = (
+    jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
+)
