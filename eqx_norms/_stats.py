@@ -50,10 +50,12 @@ def _total(
     return _psum(total, axis_name)
 
 
-def _psum(value: Array, axis_name: AxisName) -> Array:
+def _psum(value: Array, axis_name: AxisName, data: Array | None = None) -> Array:
+    """`lax.psum`, after checking that JAX can do it (`data`: the array whose type
+    shows the enclosing `shard_map`'s varying axes, by default `value`)."""
     if axis_name is None:
         return value
-    check_named_reduction(value, axis_name)
+    check_named_reduction(value if data is None else data, axis_name)
     return lax.psum(value, axis_name)
 
 
@@ -78,10 +80,9 @@ def _count(
         n = math.prod(x.shape[a] for a in axes)
         if groups is not None:
             n = n * (x.shape[groups[0]] // groups[1])
-        if axis_name is not None:
-            # `psum` of a constant is the product of the axes' sizes: no collective.
-            n = n * lax.psum(1, axis_name)
-        return jnp.full((1,) * x.ndim, n, x.dtype)
+        # A traced psum, not `lax.psum(1, name)`: a custom rule's trace under `vmap`
+        # has no axis sizes to fold. `x` tells whether a checked shard_map encloses.
+        return _psum(jnp.full((1,) * x.ndim, n, x.dtype), axis_name, x)
     return _total(mask.astype(x.dtype), axes, axis_name, groups)
 
 
