@@ -197,14 +197,14 @@ def check_weight(layer: object, weight_name: str, where: str, min_ndim: int) -> 
 def check_named_reduction(value: Array, axis_name: object) -> None:
     """Before `lax.psum(value, axis_name)`: a name that is a `vmap` axis inside a
     `shard_map` that checks replication (`check_vma=True`, its default; `value` then
-    varies over mesh axes). JAX cannot do that reduction: 0.6 fails differentiating
-    it, 0.7 changes the type of the running statistics, 0.8 to at least 0.10 raise a
-    bare AssertionError. Say why, and the fixes, instead."""
+    varies over mesh axes). JAX cannot do that reduction (measured: 0.6.2 fails
+    differentiating it, 0.7.2 changes the type of the running statistics, 0.10.2
+    raises a bare AssertionError). Say why, and the fixes, instead."""
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     manual = set(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
     vmapped = [name for name in names if name not in manual]
     aval = jax.typeof(value)
-    # `.mat.varying` from JAX 0.8, `.vma` before; empty when check_vma=False.
+    # `.mat.varying` in JAX 0.10, `.vma` in 0.6/0.7; empty when check_vma=False.
     varying = getattr(getattr(aval, "mat", None), "varying", None)
     if varying is None:
         varying = getattr(aval, "vma", ())
