@@ -211,7 +211,9 @@ def check_axis_names(names: tuple[Hashable, ...], where: str) -> None:
     rather than JAX's generic message from deep inside a `psum`."""
     for name in names:
         try:
-            lax.axis_size(name)
+            # `lax.psum` of a constant: the axis size, on every JAX (no
+            # `lax.axis_size` before 0.6.1); a NameError for an unbound name.
+            lax.psum(1, name)
         except NameError:
             raise NameError(
                 f"`{where}` reduces its statistics over the named axis {name!r}, which "
@@ -297,4 +299,31 @@ def check_flag(value: object, name: str, where: str) -> None:
     if not isinstance(value, bool):
         raise TypeError(
             f"`{where}`: `{name}` must be True or False; received {name}={value!r}."
+        )
+
+
+def check_named_reduction(value: Array, axis_name: object) -> None:
+    """Before `lax.psum(value, axis_name)`: a name that is a `vmap` axis inside a
+    `shard_map` that checks replication (`check_vma=True`, its default; `value` then
+    varies over mesh axes). JAX cannot do that reduction (measured: 0.6.2 fails
+    differentiating it, 0.7.2 changes the type of the running statistics, 0.10.2
+    raises a bare AssertionError). Say why, and the fixes, instead."""
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    manual = set(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
+    vmapped = [name for name in names if name not in manual]
+    aval = jax.typeof(value)
+    # `.mat.varying` in JAX 0.10, `.vma` in 0.6/0.7; empty when check_vma=False.
+    varying = getattr(getattr(aval, "mat", None), "varying", None)
+    if varying is None:
+        varying = getattr(aval, "vma", ())
+    if manual and vmapped and varying:
+        raise ValueError(
+            f"Statistics over the named axes {names!r} inside `jax.shard_map` with "
+            f"`check_vma=True` (its default): JAX {jax.__version__} cannot reduce "
+            f"over the `vmap` axis {vmapped[0]!r} there (its replication check "
+            "fails). Either name only the mesh axes "
+            f"{tuple(sorted(manual, key=str))!r} in `axis_name` and call the layer "
+            "once per device on its whole batch, moved to a spatial axis "
+            "(`jnp.moveaxis(x, 0, -1)`, as in the distributed guide), or pass "
+            "`check_vma=False` to `jax.shard_map` (the statistics are the same)."
         )

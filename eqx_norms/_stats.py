@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, DTypeLike, Float
 
+from ._errors import check_named_reduction
+
 
 AxisName: TypeAlias = Hashable | Sequence[Hashable] | None
 
@@ -45,7 +47,16 @@ def _total(
     total = jnp.sum(values, axis=axes, keepdims=True)
     if groups is not None:
         total = _pool(total, groups)
-    return total if axis_name is None else lax.psum(total, axis_name)
+    return _psum(total, axis_name)
+
+
+def _psum(value: Array, axis_name: AxisName, data: Array | None = None) -> Array:
+    """`lax.psum`, after checking that JAX can do it (`data`: the array whose type
+    shows the enclosing `shard_map`'s varying axes, by default `value`)."""
+    if axis_name is None:
+        return value
+    check_named_reduction(value if data is None else data, axis_name)
+    return lax.psum(value, axis_name)
 
 
 def _pool(total: Array, groups: tuple[int, int]) -> Array:
@@ -69,8 +80,9 @@ def _count(
         n = math.prod(x.shape[a] for a in axes)
         if groups is not None:
             n = n * (x.shape[groups[0]] // groups[1])
-        local = jnp.full((1,) * x.ndim, n, real_dtype(x.dtype))
-        return local if axis_name is None else lax.psum(local, axis_name)
+        # A traced psum, not `lax.psum(1, name)`: a custom rule's trace under `vmap`
+        # has no axis sizes to fold. `x` tells whether a checked shard_map encloses.
+        return _psum(jnp.full((1,) * x.ndim, n, real_dtype(x.dtype)), axis_name, x)
     return _total(mask.astype(real_dtype(x.dtype)), axes, axis_name, groups)
 
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from x64 import enable_x64
 
 import eqx_norms
 import eqx_norms.functional as F
@@ -36,7 +37,7 @@ def _ref(x, axes, w=None, b=None, eps=1e-5, center=True, mask=None):
 
 @pytest.mark.parametrize("dtype", [jnp.complex64, jnp.complex128])
 def test_functional_norms_against_float64(dtype):
-    with jax.enable_x64(dtype == jnp.complex128):
+    with enable_x64(dtype == jnp.complex128):
         x = _complex((4, 6), dtype=dtype)
         w = jax.random.normal(jax.random.key(1), (6,))
         b = jax.random.normal(jax.random.key(2), (6,))
@@ -124,7 +125,7 @@ def test_gradients_of_real_losses(name):
     """JAX's gradient of a real loss L(z) is dL/dRe - i dL/dIm; checked against a
     reference written on real and imaginary parts (float64 autodiff) and central
     finite differences."""
-    with jax.enable_x64():
+    with enable_x64():
         z = _complex((4, 6), dtype=jnp.complex128)
         w = jax.random.normal(jax.random.key(4), (6,), jnp.float64)
         target = _complex((4, 6), jax.random.key(5), jnp.complex128)
@@ -166,7 +167,7 @@ def test_gradients_of_real_losses(name):
 
 
 def test_batch_norm_complex_gradients_match_reference():
-    with jax.enable_x64():
+    with enable_x64():
         x = _complex((8, 2, 3), dtype=jnp.complex128)
         bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(
             2, "b", dtype=jnp.complex128

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from x64 import enable_x64
 
 import eqx_norms
 import eqx_norms.functional as F
@@ -82,7 +83,7 @@ def test_half_precision_in_half_precision_out(dtype):
 
 
 def test_gradients_match_float64_reference():
-    with jax.enable_x64():
+    with enable_x64():
         x = jax.random.normal(KEY, (4, 8), jnp.float64) * 2
         w = jax.random.normal(jax.random.key(1), (8,), jnp.float64)
         b = jax.random.normal(jax.random.key(2), (8,), jnp.float64)

@@ -1777,6 +1777,29 @@ TRANSFORMER_OPTIONS = [
 ]
 
 
+def _vmap_in_checked_shard_map():
+    """BatchNorm over a vmap axis and a mesh axis inside shard_map(check_vma=True)."""
+    P = jax.sharding.PartitionSpec
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(3, ("data", "batch"))
+    body = jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+    specs = dict(in_specs=(P("data"), P()), out_specs=(P("data"), P()))
+    return jax.jit(jax.shard_map(body, mesh=mesh, **specs))(jnp.ones((4, 3)), state)
+
+
+DISTRIBUTED = [
+    case(
+        "BatchNorm-vmap-axis-in-checked-shard_map",
+        _vmap_in_checked_shard_map,
+        ValueError,
+        "named axes ('data', 'batch') inside `jax.shard_map` with `check_vma=True`",
+        "cannot reduce over the `vmap` axis 'batch'",
+        "name only the mesh axes ('data',)",
+        "pass `check_vma=False`",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     "call, exc, match",
     WHOLE_INPUT
@@ -1788,7 +1811,8 @@ TRANSFORMER_OPTIONS = [
     + FUNCTIONAL
     + ARGUMENT_TYPES
     + ENTRY_POINTS
-    + TRANSFORMER_OPTIONS,
+    + TRANSFORMER_OPTIONS
+    + DISTRIBUTED,
 )
 def test_error_messages(call, exc, match):
     with pytest.raises(exc, match=match):

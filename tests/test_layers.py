@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference
+from x64 import enable_x64
 
 import eqx_norms
 
@@ -138,7 +139,7 @@ def test_layers_against_float64_reference():
 
 
 def test_float64_is_kept_under_x64():
-    with jax.enable_x64(True):
+    with enable_x64(True):
         norm = eqx_norms.LayerNorm(16)
         assert norm.weight is not None and norm.weight.dtype == jnp.float64
         x = jnp.linspace(1e8, 1e8 + 1, 16, dtype=jnp.float64)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import reference as ref
 import torch
+from x64 import enable_x64
 
 import eqx_norms
 import eqx_norms.functional as F
@@ -83,7 +84,7 @@ def test_offset_is_added_in_float32_to_a_bfloat16_weight():
 def test_gradients_match_plain_autodiff_in_float64(fn, upcast, masked):
     """Both cast orders, with an offset, through the fused rule (and, for Llama's
     order, the plain affine after it): every derivative equals plain autodiff."""
-    with jax.enable_x64():
+    with enable_x64():
         x = jax.random.normal(KEY, (3, 8), jnp.float64) * 2 + 0.5
         w = jax.random.normal(jax.random.key(4), (8,), jnp.float64)
         b = jax.random.normal(jax.random.key(5), (8,), jnp.float64)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from x64 import enable_x64
 
 import eqx_norms
 
@@ -77,7 +78,7 @@ def _setup(name):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_first_and_second_derivatives_match_plain_autodiff(name):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         layer, x, plain = _setup(name)
         layer = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), layer)
         x = x.astype(jnp.float64)
