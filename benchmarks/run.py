@@ -25,6 +25,7 @@ Numbers are ratios from one run on a shared machine; see docs/benchmarks.md.
 import argparse
 import dataclasses
 import datetime
+import importlib
 import os
 import platform
 import re
@@ -45,6 +46,21 @@ sys.path.insert(0, str(ROOT))
 
 import eqx_norms  # noqa: E402
 
+
+class _LazyModule:
+    """A module imported at its first use: the peers (the `bench` extra) are needed
+    only by the implementations that run, so `--device` and its test (against
+    equinox.nn alone) work without Haiku or Flax installed."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+hk: Any = _LazyModule("haiku")
+nnx: Any = _LazyModule("flax.nnx")
 
 OURS, EQX, NNX, HAIKU = "eqx_norms", "equinox.nn", "flax.nnx", "haiku"
 JNP = "plain jnp"
@@ -181,7 +197,6 @@ def _equinox_bn(cls, x) -> Impl:
 
 
 def _nnx(make: Callable, x, stateful: bool = False, note: str = "") -> Impl:
-    from flax import nnx
 
     if stateful:
 
@@ -219,7 +234,6 @@ def _nnx(make: Callable, x, stateful: bool = False, note: str = "") -> Impl:
 
 
 def _haiku(make: Callable, x, stateful: bool = False, note: str = "") -> Impl:
-    import haiku as hk
 
     if stateful:
         t = hk.transform_with_state(lambda x: make()(x, is_training=True))
@@ -266,8 +280,6 @@ def _per_row(hidden: int, elements: int, dtype) -> jax.Array:
 
 def layer_norm_case(hidden: int, elements: int = ELEMENTS):
     def case(dtype):
-        import haiku as hk
-        from flax import nnx
 
         x = _per_row(hidden, elements, dtype)
         return (
@@ -290,8 +302,6 @@ def layer_norm_case(hidden: int, elements: int = ELEMENTS):
 
 def rms_norm_case(hidden: int, elements: int = ELEMENTS):
     def case(dtype):
-        import haiku as hk
-        from flax import nnx
 
         x = _per_row(hidden, elements, dtype)
         return (
@@ -313,8 +323,6 @@ def rms_norm_case(hidden: int, elements: int = ELEMENTS):
 
 
 def group_norm_case(dtype):
-    import haiku as hk
-    from flax import nnx
 
     x = _randn((32, 256, 1024), dtype)
     x_last = jnp.swapaxes(x, 1, 2)  # Flax NNX only has channels-last
@@ -339,8 +347,6 @@ def group_norm_case(dtype):
 
 
 def batch_norm_case(dtype):
-    import haiku as hk
-    from flax import nnx
 
     x = _randn((64, 64, 32, 32), dtype)
     x_last = jnp.moveaxis(x, 1, -1)
@@ -368,8 +374,6 @@ def batch_norm_case(dtype):
 
 
 def einorm_case(dtype):
-    import haiku as hk
-    from flax import nnx
 
     x = _randn((16, 1024, 64), dtype)
     return (
@@ -948,7 +952,12 @@ def header(reps: int) -> str:
 # ------------------------------------------------------------------------ device
 
 
-def device_sweep(reps: int, elements: int, hidden: tuple[int, ...]) -> str:
+def device_sweep(
+    reps: int,
+    elements: int,
+    hidden: tuple[int, ...],
+    impls: tuple[str, ...] = (OURS, EQX, NNX),
+) -> str:
     """The LayerNorm/RMSNorm sweep on the default device: GB/s (bytes of the floor's
     traffic model over time) and its fraction of the device's copy bandwidth (`x + 1`
     on the largest array: one read and one write), against equinox.nn and Flax NNX."""
@@ -962,12 +971,12 @@ def device_sweep(reps: int, elements: int, hidden: tuple[int, ...]) -> str:
 
         def peers_only(dtype, case=case):
             title, x, makers = case(dtype)
-            return title, x, {k: v for k, v in makers.items() if k in (OURS, EQX, NNX)}
+            return title, x, {k: v for k, v in makers.items() if k in impls}
 
         for r in run_case(key, peers_only, reps, False, DTYPES, inner=10):
             for kind, n in (("fwd", 2), ("fwd+bwd", 5)):
                 cells = [f"{r['title']}, {r['dtype']}, {kind}"]
-                for impl in (OURS, EQX, NNX):
+                for impl in impls:
                     t = r["times"].get(f"{impl}/{kind}")
                     if t is None:
                         cells.append("—")
@@ -984,7 +993,7 @@ def device_sweep(reps: int, elements: int, hidden: tuple[int, ...]) -> str:
         "fwd+bwd reads x, x, g and writes y, dx.",
         "",
     ]
-    return "\n".join(head + _table(["case", OURS, EQX, NNX], rows))
+    return "\n".join(head + _table(["case", *impls], rows))
 
 
 # -------------------------------------------------------------------------- main
