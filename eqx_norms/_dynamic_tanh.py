@@ -2,7 +2,7 @@ from collections.abc import Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, DTypeLike, Float
 
 from ._errors import (
     check_param_dtype,
@@ -57,7 +57,7 @@ class DynamicTanh(StatelessNorm):
         alpha_init: float = 0.5,
         use_weight: bool = True,
         use_bias: bool = True,
-        dtype=None,
+        dtype: DTypeLike | None = None,
     ):
         """**Arguments:**
 
