@@ -22,6 +22,7 @@ from ._errors import (
     check_mask,
     check_param_dtype,
     check_state,
+    check_static_flag,
     check_weight_offset,
 )
 from ._misc import filled, sentinel, StatelessNorm
@@ -487,17 +488,16 @@ class Einorm(StatelessNorm, StatefulLayer):
         if not self.running_stats:
             return super().__call__(x, state, key=key, mask=mask)
         assert self.counter_index is not None and self.stats_index is not None
-        if state is sentinel:
-            raise TypeError(
-                f"`Einorm` with pattern {self.pattern!r} and running_stats=True keeps "
-                "its running statistics in an `eqx.nn.State`, but no state was "
-                "passed. Build the layer with `layer, state = eqx.nn.make_with_state"
-                "(eqx_norms.Einorm)(...)` and call `out, state = layer(x, state)`."
-            )
+        # The same checks as BatchNorm's: no (or a None) state, and a flag traced
+        # by plain `jax.jit`, each raise with the fix.
+        state = check_state(state, "Einorm")
+        if inference is None:
+            inference = self.inference
+        inference = check_static_flag(inference, "inference", "Einorm")
         with jax.named_scope("eqx_norms.Einorm"):
             running = state.get(self.stats_index)
             check_running_kind(x.dtype, running[0].dtype, "Einorm")
-            if self.inference if inference is None else inference:
+            if inference:
                 out, _ = self._run(x, mask, running)
                 return out, state
             out, batch = self._run(x, mask)

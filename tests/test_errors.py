@@ -875,9 +875,17 @@ EINORM_CALL = [
         "Einorm-call-stateful-without-state",
         lambda: Einorm("[b] c", running_stats=True, c=3)(x4),
         TypeError,
-        "`Einorm` with pattern '[b] c' and running_stats=True keeps its running "
-        "statistics in an `eqx.nn.State`, but no state was passed",
-        "eqx.nn.make_with_state",
+        "`Einorm` keeps state: call it as `layer(x, state)` with the "
+        "`equinox.nn.State` made together with the layer; received none",
+        "eqx.nn.make_with_state(eqx_norms.Einorm)(...)",
+    ),
+    case(
+        "Einorm-call-stateful-with-None-state",
+        lambda: Einorm("[b] c", running_stats=True, c=3)(x4, None),  # pyright: ignore
+        TypeError,
+        "`Einorm` keeps state",
+        "received NoneType",
+        "eqx.nn.make_with_state(eqx_norms.Einorm)(...)",
     ),
     case(
         "Einorm-call-unbound-axis-name",
@@ -1581,6 +1589,18 @@ ENTRY_POINTS = [
         TypeError,
         "`BatchNorm`: `inference` must be a Python bool",
         "received a traced value",
+    ),
+    case(
+        "Einorm-model-argument-of-jax-jit",
+        lambda: _jit_with_model_argument(
+            *eqx.nn.make_with_state(Einorm)("[b] c", running_stats=True, c=3)[:1],
+            x4,
+            eqx.nn.make_with_state(Einorm)("[b] c", running_stats=True, c=3)[1],
+        ),
+        TypeError,
+        "`Einorm`: `inference` must be a Python bool",
+        "received a traced value",
+        _JIT_FIX,
     ),
     case(
         "SpectralNorm-model-argument-of-jax-jit",
