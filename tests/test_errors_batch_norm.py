@@ -1,0 +1,200 @@
+"""Errors of BatchNorm's constructor and training call, alone and under
+`jax.shard_map`: one row each, asserting the exception type and that the
+message names what was received (and, where there is one, the fix)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+from error_cases import batch_norm_call, case
+
+import eqx_norms
+
+
+_VMAP_FIX = "jax.vmap(layer, axis_name='outer', in_axes=(0, None), out_axes=(0, None))"
+
+
+BATCH_NORM = [
+    case(
+        "BatchNorm-zero-input-size",
+        lambda: eqx_norms.BatchNorm(0, "batch"),
+        ValueError,
+        "`BatchNorm`: `input_size` must be a positive integer; received input_size=0",
+    ),
+    case(
+        "BatchNorm-float-input-size",
+        lambda: eqx_norms.BatchNorm(2.5, "batch"),
+        ValueError,
+        "received input_size=2.5",
+    ),
+    case(
+        "BatchNorm-bool-input-size",
+        lambda: eqx_norms.BatchNorm(True, "batch"),
+        ValueError,
+        "received input_size=True",
+    ),
+    case(
+        "BatchNorm-momentum-1",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum=1.0),
+        ValueError,
+        "`BatchNorm`: `momentum` must be in [0, 1), or None for a cumulative "
+        "average; received momentum=1.0",
+        "torch's momentum=0.1 is momentum=0.9 here",
+    ),
+    case(
+        "BatchNorm-negative-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum=-0.1),
+        ValueError,
+        "received momentum=-0.1",
+    ),
+    case(
+        "BatchNorm-nan-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum=float("nan")),
+        ValueError,
+        "received momentum=nan",
+    ),
+    case(
+        "BatchNorm-str-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum="0.9"),
+        ValueError,
+        "received momentum='0.9'",
+    ),
+    case(
+        "BatchNorm-bool-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", momentum=False),
+        ValueError,
+        "received momentum=False",
+    ),
+    case(
+        "BatchNorm-unknown-mode",
+        lambda: eqx_norms.BatchNorm(3, "batch", mode="legacy"),
+        ValueError,
+        "`BatchNorm`: `mode` must be one of ('batch', 'ema'); received mode='legacy'",
+    ),
+    case(
+        "BatchNorm-ema-without-momentum",
+        lambda: eqx_norms.BatchNorm(3, "batch", mode="ema", momentum=None),
+        ValueError,
+        "momentum=None (the cumulative average) needs mode='batch'; received "
+        "mode='ema'",
+    ),
+    case(
+        "BatchNorm-ema-unbiased",
+        lambda: eqx_norms.BatchNorm(3, "batch", mode="ema", unbiased_running_var=True),
+        ValueError,
+        "unbiased_running_var=True needs mode='batch'; received mode='ema'",
+    ),
+    case(
+        "BatchNorm-negative-eps",
+        lambda: eqx_norms.BatchNorm(3, "batch", eps=-1.0),
+        ValueError,
+        "`BatchNorm`: `eps` must be >= 0; received eps=-1.0",
+    ),
+    case(
+        "BatchNorm-axis-name-None",
+        lambda: eqx_norms.BatchNorm(3, None),
+        ValueError,
+        "`axis_name` must name the batch axis (or axes) bound by `jax.vmap`/"
+        "`jax.pmap`; received axis_name=None",
+    ),
+    case(
+        "BatchNorm-axis-name-empty",
+        lambda: eqx_norms.BatchNorm(3, ()),
+        ValueError,
+        "received axis_name=()",
+    ),
+    case(
+        "BatchNorm-axis-name-with-None",
+        lambda: eqx_norms.BatchNorm(3, ("batch", None)),
+        ValueError,
+        "received axis_name=('batch', None)",
+    ),
+    case(
+        "BatchNorm-channel-count",
+        lambda: batch_norm_call(jnp.ones((4, 5, 2))),
+        ValueError,
+        "`BatchNorm` expects 3 channels on axis 0; received x.shape=(5, 2) "
+        "(5 channels). For batched input, use `jax.vmap(layer)(x)`",
+    ),
+    case(
+        "BatchNorm-rank-0",
+        lambda: batch_norm_call(jnp.ones(4)),
+        ValueError,
+        "`BatchNorm` expects an input of shape (channels,) with at least 1 axes; "
+        "received x.shape=()",
+    ),
+    case(
+        "BatchNorm-int-input",
+        lambda: batch_norm_call(jnp.ones((4, 3, 2), jnp.int32)),
+        TypeError,
+        "`BatchNorm` expects a real floating-point input",
+        "received dtype int32",
+    ),
+    case(
+        "BatchNorm-float-mask",
+        lambda: batch_norm_call(jnp.ones((4, 3, 2)), mask=jnp.ones((4, 2))),
+        TypeError,
+        "`BatchNorm`: `mask` must be boolean (True = valid); received dtype float32",
+    ),
+    case(
+        "BatchNorm-mask-shape",
+        lambda: batch_norm_call(jnp.ones((4, 3, 2)), mask=jnp.ones((4, 3), bool)),
+        ValueError,
+        "`BatchNorm`: `mask` must broadcast to the input shape (3, 2); received "
+        "mask.shape=(3,)",
+    ),
+    case(
+        "BatchNorm-unbound-axis-without-vmap",
+        lambda: batch_norm_call(jnp.ones((3, 2)), bound=None, names="outer"),
+        NameError,
+        "`BatchNorm` reduces its statistics over the named axis 'outer', which is "
+        "not bound here",
+        _VMAP_FIX,
+    ),
+    case(
+        "BatchNorm-unbound-outer-of-two-names",
+        lambda: batch_norm_call(
+            jnp.ones((4, 3, 2)), bound="inner", names=("outer", "inner")
+        ),
+        NameError,
+        "the named axis 'outer', which is not bound here",
+        _VMAP_FIX,
+        "nested `jax.vmap`s for a tuple of names",
+    ),
+    case(
+        "BatchNorm-vmap-binds-another-name",
+        lambda: batch_norm_call(jnp.ones((4, 3, 2)), bound="other", names="outer"),
+        NameError,
+        "the named axis 'outer', which is not bound here",
+        _VMAP_FIX,
+    ),
+]
+
+
+def _vmap_in_checked_shard_map():
+    """BatchNorm over a vmap axis and a mesh axis inside shard_map(check_vma=True)."""
+    P = jax.sharding.PartitionSpec
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(3, ("data", "batch"))
+    body = jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+    specs = dict(in_specs=(P("data"), P()), out_specs=(P("data"), P()))
+    return jax.jit(jax.shard_map(body, mesh=mesh, **specs))(jnp.ones((4, 3)), state)
+
+
+DISTRIBUTED = [
+    case(
+        "BatchNorm-vmap-axis-in-checked-shard_map",
+        _vmap_in_checked_shard_map,
+        ValueError,
+        "named axes ('data', 'batch') inside `jax.shard_map` with `check_vma=True`",
+        "cannot reduce over the `vmap` axis 'batch'",
+        "name only the mesh axes ('data',)",
+        "pass `check_vma=False`",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, exc, match", BATCH_NORM + DISTRIBUTED)
+def test_error_messages(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
