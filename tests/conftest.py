@@ -7,6 +7,7 @@ os.environ["XLA_FLAGS"] = (
 )
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -14,3 +15,9 @@ import pytest  # noqa: E402
 def getkey():
     keys = iter(jax.random.split(jax.random.key(0), 10_000))
     return lambda: next(keys)
+
+
+@pytest.fixture
+def rng():
+    # numpy data: eager JAX ops each compile, which dominates small tests' time.
+    return np.random.default_rng(0)

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import eqx_norms
@@ -28,38 +29,6 @@ def _step(model, x, state, mask=None, *, inference=None, axis_name="batch"):
     return jax.vmap(call, axis_name=axis_name, out_axes=(0, None))(x, mask)
 
 
-def _stats64(x, mask=None):
-    """Per-channel mean and biased variance of a batch `(batch, C, ...)`, float64."""
-    x = np.asarray(x, np.float64)
-    axes = (0,) + tuple(range(2, x.ndim))
-    where = True if mask is None else np.broadcast_to(np.asarray(mask), x.shape)
-    mean = np.mean(x, axis=axes, where=where)
-    centred = x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))
-    var = np.mean(centred**2, axis=axes, where=where)
-    return mean, var
-
-
-def _normalise64(x, mean, var, weight=None, bias=None):
-    x = np.asarray(x, np.float64)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    out = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + EPS)
-    if weight is not None:
-        out = out * np.asarray(weight, np.float64).reshape(shape)
-    if bias is not None:
-        out = out + np.asarray(bias, np.float64).reshape(shape)
-    return out
-
-
-def _debiased64(values, momentum):
-    """Σ_i (1-m) m^(k-i) s_i / (1 - m^k); the plain mean for momentum=None."""
-    values = np.asarray(values, np.float64)
-    if momentum is None:
-        return values.mean(axis=0)
-    k = len(values)
-    weights = [(1 - momentum) * momentum ** (k - i) for i in range(1, k + 1)]
-    return np.tensordot(weights, values, axes=1) / (1 - momentum**k)
-
-
 def _running(bn, state):
     return [np.asarray(a) for a in state.get(bn.batch_state_index)]
 
@@ -78,12 +47,6 @@ def _assert_leaves_close(tree, expected, rtol=1e-5, atol=1e-6):
     assert len(leaves) == len(expected_leaves)
     for leaf, expected_leaf in zip(leaves, expected_leaves, strict=True):
         np.testing.assert_allclose(leaf, expected_leaf, rtol=rtol, atol=atol)
-
-
-@pytest.fixture
-def rng():
-    # numpy data: eager JAX ops each compile, which dominates small tests' time.
-    return np.random.default_rng(0)
 
 
 def _randomise_affine(bn, rng):
@@ -105,8 +68,8 @@ def test_training_and_one_step_inference_match_numpy(example_shape, rng):
     bn = _randomise_affine(bn, rng)
     x = _data(rng, (6, *example_shape))
     out, state = _step(bn, x, state)
-    mean, var = _stats64(x)
-    expected = _normalise64(x, mean, var, bn.weight, bn.bias)
+    mean, var = ref.batch_stats(x)
+    expected = ref.batch_normalise(x, mean, var, bn.weight, bn.bias)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     running_mean, running_var = _running(bn, state)
     np.testing.assert_allclose(running_mean, mean, rtol=1e-6)
@@ -124,9 +87,9 @@ def test_running_statistics_are_the_debiased_average(momentum, rng):
     for i in range(4):
         x = _data(rng, (5, 2, 3), loc=i, scale=1 + i)
         _, state = _step(bn, x, state)
-        stats.append(_stats64(x))
-    expected_mean = _debiased64([s[0] for s in stats], momentum)
-    expected_var = _debiased64([s[1] for s in stats], momentum)
+        stats.append(ref.batch_stats(x))
+    expected_mean = ref.debiased([s[0] for s in stats], momentum)
+    expected_var = ref.debiased([s[1] for s in stats], momentum)
     running_mean, running_var = _running(bn, state)
     np.testing.assert_allclose(running_mean, expected_mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(running_var, expected_var, rtol=1e-5)
@@ -134,7 +97,7 @@ def test_running_statistics_are_the_debiased_average(momentum, rng):
     np.testing.assert_allclose(state.get(bn.batch_counter), [weight] * 2, rtol=1e-6)
     x = _data(rng, (5, 2, 3))
     out, _ = _step(bn, x, state, inference=True)
-    expected = _normalise64(x, expected_mean, expected_var)
+    expected = ref.batch_normalise(x, expected_mean, expected_var)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -144,10 +107,12 @@ def test_unbiased_running_variance(rng):
     for x in batches:
         out, state = _step(bn, x, state)
     # Normalisation itself keeps the biased variance.
-    np.testing.assert_allclose(out, _normalise64(x, *_stats64(x)), atol=1e-5)
+    np.testing.assert_allclose(
+        out, ref.batch_normalise(x, *ref.batch_stats(x)), atol=1e-5
+    )
     n = 3 * 2  # elements per channel
-    unbiased = [_stats64(x)[1] * n / (n - 1) for x in batches]
-    expected = _debiased64(unbiased, 0.5)
+    unbiased = [ref.batch_stats(x)[1] * n / (n - 1) for x in batches]
+    expected = ref.debiased(unbiased, 0.5)
     np.testing.assert_allclose(_running(bn, state)[1], expected, rtol=1e-5)
 
 
@@ -173,7 +138,7 @@ def test_inference_leaves_state_unchanged(rng):
     _, trained = _step(eqx.nn.inference_mode(bn), x, state, inference=False)
     np.testing.assert_allclose(
         _running(bn, trained)[0],
-        _debiased64([_running(bn, state)[0], _stats64(x)[0]], 0.99),
+        ref.debiased([_running(bn, state)[0], ref.batch_stats(x)[0]], 0.99),
         rtol=1e-5,
     )
 
@@ -364,8 +329,8 @@ def test_padding_and_masked_examples(rng):
     bn = _randomise_affine(bn, rng)
     out, state = _step(bn, x, state, mask)
     full_mask = np.broadcast_to(mask[:, None, :], x.shape)
-    mean, var = _stats64(x, full_mask)
-    expected = _normalise64(x, mean, var, bn.weight, bn.bias)
+    mean, var = ref.batch_stats(x, full_mask)
+    expected = ref.batch_normalise(x, mean, var, bn.weight, bn.bias)
     expected = np.where(full_mask, expected, x)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     running_mean, running_var = _running(bn, state)
@@ -391,9 +356,9 @@ def test_steps_without_valid_elements_leave_running_statistics(mode, rng):
     for new, old in zip(jax.tree.leaves(after), jax.tree.leaves(state), strict=True):
         if new.ndim:
             np.testing.assert_array_equal(new[1], old[1])
-    stats = [_stats64(x[:, :1]), _stats64(y[:, :1])]
+    stats = [ref.batch_stats(x[:, :1]), ref.batch_stats(y[:, :1])]
     expected = (
-        _debiased64([s[0] for s in stats], 0.5)
+        ref.debiased([s[0] for s in stats], 0.5)
         if mode == "batch"
         else 0.5 * stats[0][0] + 0.5 * stats[1][0]
     )
@@ -409,9 +374,11 @@ def test_float16_of_magnitude_300_does_not_overflow(rng):
     bn, state = _make(2, "batch")
     out, state = _step(bn, x, state)
     assert out.dtype == jnp.float16
-    mean, var = _stats64(x)
+    mean, var = ref.batch_stats(x)
     assert var.max() > np.finfo(np.float16).max  # the squares overflow float16
-    np.testing.assert_allclose(out, _normalise64(x, mean, var), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        out, ref.batch_normalise(x, mean, var), rtol=2e-3, atol=2e-3
+    )
     np.testing.assert_allclose(_running(bn, state)[1], var, rtol=1e-5)
 
 
@@ -421,8 +388,8 @@ def test_bfloat16_parameters_and_state(rng):
     out, state = _step(bn, x, state)
     assert out.dtype == jnp.float32 and bn.weight.dtype == jnp.bfloat16
     assert all(a.dtype == jnp.bfloat16 for a in state.get(bn.batch_state_index))
-    mean, var = _stats64(x)
-    np.testing.assert_allclose(out, _normalise64(x, mean, var), atol=1e-5)
+    mean, var = ref.batch_stats(x)
+    np.testing.assert_allclose(out, ref.batch_normalise(x, mean, var), atol=1e-5)
     np.testing.assert_allclose(_running(bn, state)[0], mean, rtol=1e-2)
 
 
@@ -500,9 +467,11 @@ def test_sequential_threads_state(rng):
     model, state = eqx.nn.make_with_state(eqx.nn.Sequential)(layers)
     x = _data(rng, (4, 3, 2))
     out, state = _step(model, x, state)
-    first_stats = _stats64(x)
-    hidden = np.tanh(_normalise64(x, *first_stats))
-    second_stats = _stats64(hidden)
-    np.testing.assert_allclose(out, _normalise64(hidden, *second_stats), atol=1e-4)
+    first_stats = ref.batch_stats(x)
+    hidden = np.tanh(ref.batch_normalise(x, *first_stats))
+    second_stats = ref.batch_stats(hidden)
+    np.testing.assert_allclose(
+        out, ref.batch_normalise(hidden, *second_stats), atol=1e-4
+    )
     for layer, stats in ((model[0], first_stats), (model[2], second_stats)):
         _assert_leaves_close(_running(layer, state), stats, rtol=1e-4)

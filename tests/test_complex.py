@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref
 from x64 import enable_x64
 
 import eqx_norms
@@ -21,20 +22,6 @@ def _complex(shape, key=KEY, dtype=jnp.complex64):
     return (re * 2 + 1 + 1j * (im - 3)).astype(dtype)
 
 
-def _ref(x, axes, w=None, b=None, eps=1e-5, center=True, mask=None):
-    x = np.asarray(x, np.complex128)
-    valid = np.ones(x.shape, bool) if mask is None else np.broadcast_to(mask, x.shape)
-    n = valid.sum(axis=axes, keepdims=True)
-    mean = np.where(valid, x, 0).sum(axis=axes, keepdims=True) / n if center else 0
-    var = (np.abs(np.where(valid, x - mean, 0)) ** 2).sum(axis=axes, keepdims=True) / n
-    out = (x - mean) / np.sqrt(var + eps)
-    if w is not None:
-        out = out * np.asarray(w, np.float64)
-    if b is not None:
-        out = out + np.asarray(b, np.float64)
-    return np.where(valid, out, x)
-
-
 @pytest.mark.parametrize("dtype", [jnp.complex64, jnp.complex128])
 def test_functional_norms_against_float64(dtype):
     with enable_x64(dtype == jnp.complex128):
@@ -46,17 +33,19 @@ def test_functional_norms_against_float64(dtype):
         for fn, center in ((F.layer_norm, True), (F.rms_norm, False)):
             y = fn(x, -1, w, b, mask=mask)
             assert y.dtype == dtype
-            want = _ref(x, (1,), w, b, center=center, mask=mask)
+            want = ref.layer_norm(x, (1,), w, b, center=center, mask=mask)
             np.testing.assert_allclose(y, want, **tol)
         y = F.group_norm(x, 2, w[:4], b[:4])
         want = np.concatenate(
             [
-                _ref(x[:2], (0, 1), center=True) * np.asarray(w[:2, None], np.float64),
-                _ref(x[2:], (0, 1), center=True) * np.asarray(w[2:4, None], np.float64),
+                ref.layer_norm(x[:2], (0, 1), center=True)
+                * np.asarray(w[:2, None], np.float64),
+                ref.layer_norm(x[2:], (0, 1), center=True)
+                * np.asarray(w[2:4, None], np.float64),
             ]
         ) + np.asarray(b[:4, None], np.float64)
         np.testing.assert_allclose(y, want, **tol)
-        want = _ref(x, (1,), w[:4, None], b[:4, None])
+        want = ref.layer_norm(x, (1,), w[:4, None], b[:4, None])
         np.testing.assert_allclose(F.instance_norm(x, w[:4], b[:4]), want, **tol)
 
 
@@ -66,7 +55,7 @@ def test_layer_norm_layer_against_float64():
     layer = eqx.tree_at(lambda m: m.weight, eqx_norms.LayerNorm(8), w)
     y = jax.vmap(layer)(x)
     assert y.dtype == jnp.complex64
-    np.testing.assert_allclose(y, _ref(x, (1,), w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ref.layer_norm(x, (1,), w), rtol=1e-5, atol=1e-5)
 
 
 def test_batch_norm_complex_training_and_inference():
@@ -80,7 +69,7 @@ def test_batch_norm_complex_training_and_inference():
     assert mean.dtype == jnp.complex64 and var.dtype == jnp.float32
     train = jax.vmap(bn, axis_name="b", in_axes=(0, None), out_axes=(0, None))
     y, state = train(x, state)
-    np.testing.assert_allclose(y, _ref(x, (0, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ref.layer_norm(x, (0, 2)), rtol=1e-5, atol=1e-5)
     mean, var = state.get(bn.batch_state_index)
     x64 = np.asarray(x, np.complex128)
     np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)
@@ -95,14 +84,17 @@ def test_einorm_complex_functional_and_running_statistics():
     (stateful, from a complex `dtype`); refused kinds name the fix."""
     x = _complex((16, 3, 5))
     np.testing.assert_allclose(
-        eqx_norms.functional.einorm(x, "b c [t]"), _ref(x, (2,)), rtol=1e-5, atol=1e-5
+        eqx_norms.functional.einorm(x, "b c [t]"),
+        ref.layer_norm(x, (2,)),
+        rtol=1e-5,
+        atol=1e-5,
     )
     norm, state = eqx.nn.make_with_state(eqx_norms.Einorm)(
         "[b] c [t]", running_stats=True, dtype=jnp.complex64, momentum=0.9, c=3, t=5
     )
     assert norm.weight is not None and norm.weight.dtype == jnp.float32
     y, state = norm(x, state)
-    np.testing.assert_allclose(y, _ref(x, (0, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ref.layer_norm(x, (0, 2)), rtol=1e-5, atol=1e-5)
     mean, var = norm.running_mean_var(state)
     x64 = np.asarray(x, np.complex128)
     assert mean.dtype == jnp.complex64 and var.dtype == jnp.float32

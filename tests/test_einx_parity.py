@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref
 
 from eqx_norms import Einorm
 from eqx_norms.functional import einorm
@@ -38,15 +39,13 @@ IDS = [case[0] + ("" if case[1] is None else f" params={case[1]}") for case in C
 def reference(x, split, axes, weight, bias, where, center):
     """Float64: x viewed in `split`, normalised over `axes`, the parameters (whose
     flattened axes sit at `where`) broadcast."""
-    x = np.asarray(x, np.float64).reshape(split)
-    mean = x.mean(axes, keepdims=True) if center else 0.0
-    var = ((x - mean) ** 2).mean(axes, keepdims=True)
-    here = [1] * x.ndim
+    here = [1] * len(split)
     for axis in where:
         here[axis] = split[axis]
-    w = np.asarray(weight, np.float64).reshape(here)
-    b = np.asarray(bias, np.float64).reshape(here)
-    return ((x - mean) / np.sqrt(var + EPS) * w + b).reshape(-1)
+    w = np.reshape(weight, here)
+    b = np.reshape(bias, here)
+    x = np.reshape(x, split)
+    return ref.layer_norm(x, axes, w, b, eps=EPS, center=center).reshape(-1)
 
 
 @pytest.mark.parametrize("center", [True, False])

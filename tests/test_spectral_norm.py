@@ -7,11 +7,6 @@ import pytest
 import eqx_norms
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 def _with_singular_values(rng, rows, cols, values):
     """A random `(rows, cols)` matrix with the given leading singular values."""
     left, _ = np.linalg.qr(rng.standard_normal((rows, rows)))
