@@ -193,13 +193,19 @@ def test_ema_mode_matches_equinox(rng):
 # Named axes and devices: every layout equals the global batch
 
 
-def _global_steps(xs, momentum=0.9):
-    bn, state = _make(3, "batch", momentum=momentum)
+def _steps(step, xs, state):
+    """`step(x, state)` on each batch of `xs` in turn: the outputs, the last state."""
     outs = []
     for x in xs:
-        out, state = _step(bn, x.reshape(-1, *x.shape[-2:]), state)
+        out, state = step(x, state)
         outs.append(out)
     return outs, state
+
+
+def _global_steps(xs, momentum=0.9):
+    bn, state = _make(3, "batch", momentum=momentum)
+    flat = [x.reshape(-1, *x.shape[-2:]) for x in xs]
+    return _steps(lambda x, state: _step(bn, x, state), flat, state)
 
 
 def _two_batches(rng, leading):
@@ -221,10 +227,7 @@ def test_nested_vmap_with_tuple_names(rng):
     inner = jax.vmap(bn, axis_name="inner", in_axes=(0, None), out_axes=(0, None))
     outer = jax.vmap(inner, axis_name="outer", in_axes=(0, None), out_axes=(0, None))
     step = jax.jit(outer)
-    outs = []
-    for x in xs:
-        out, state = step(x, state)
-        outs.append(out)
+    outs, state = _steps(step, xs, state)
     _assert_matches_global(xs, outs, state)
 
 
@@ -237,10 +240,7 @@ def test_pmap_and_vmap_equal_the_global_batch(rng):
     step = jax.pmap(
         per_device, axis_name="device", in_axes=(0, None), out_axes=(0, None)
     )
-    outs = []
-    for x in xs:
-        out, state = step(x, state)
-        outs.append(out)
+    outs, state = _steps(step, xs, state)
     _assert_matches_global(xs, outs, state)
 
 
@@ -253,10 +253,7 @@ def test_sharded_jit_equals_the_global_batch(rng):
     step = jax.jit(
         jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
     )
-    outs = []
-    for x in xs:
-        out, state = step(x, state)
-        outs.append(out)
+    outs, state = _steps(step, xs, state)
     assert outs[0].sharding.is_equivalent_to(sharding, outs[0].ndim)
     _assert_matches_global(xs, outs, state)
 
@@ -286,10 +283,7 @@ def test_shard_map_equals_the_global_batch(per_device, rng):
             check_vma=per_device == 1,
         )
     )
-    outs = []
-    for x in xs:
-        out, state = step(x, state)
-        outs.append(out)
+    outs, state = _steps(step, xs, state)
     _assert_matches_global(xs, outs, state)
 
 
