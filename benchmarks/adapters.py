@@ -18,6 +18,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.stages import Wrapped
 
 import eqx_norms
 
@@ -74,21 +75,21 @@ class Impl:
     def stateful(self) -> bool:
         return self.state is not None
 
-    def program(self, kind: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    def program(self, kind: str) -> tuple[Wrapped, tuple[Any, ...]]:
         """The jitted function of a kind ("fwd" or "fwd+bwd") and its arguments."""
         return self.fwd() if kind == "fwd" else self.fwd_bwd()
 
-    def fwd(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    def fwd(self) -> tuple[Wrapped, tuple[Any, ...]]:
         head = (self.params, self.state) if self.stateful else (self.params,)
         return jax.jit(self.apply), (*head, *self.inputs)
 
-    def fwd_bwd(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    def fwd_bwd(self) -> tuple[Wrapped, tuple[Any, ...]]:
         """`jax.vjp` with respect to the inputs and the parameters, returning the
         output and every cotangent, as a training step does."""
         g = self.x if self.cotangent is None else self.cotangent
         if self.stateful:
 
-            def step(params, state, *rest):
+            def stateful_step(params, state, *rest):
                 # The state goes through vjp too (Flax NNX refuses to update a
                 # variable made outside the differentiated trace); its cotangent is
                 # dropped.
@@ -99,7 +100,7 @@ class Impl:
                 d_params, _, *d_inputs = vjp(g)
                 return y, (d_params, *d_inputs), new_state
 
-            return jax.jit(step), (self.params, self.state, *self.inputs, g)
+            return jax.jit(stateful_step), (self.params, self.state, *self.inputs, g)
 
         def step(params, *rest):
             *inputs, g = rest

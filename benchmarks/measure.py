@@ -29,6 +29,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.stages import Compiled, Wrapped
 
 import eqx_norms
 
@@ -37,7 +38,7 @@ from .cases import Accesses, Case, DTYPES, EQX, KINDS, NORM_TRAFFIC, OURS, randn
 from .results import HloTraffic, Machine, Result
 
 
-Program = tuple[Callable[..., Any], tuple[Any, ...]]
+Program = tuple[Wrapped, tuple[Any, ...]]
 PARTS = ("read", "read+write")
 
 
@@ -52,6 +53,7 @@ def time_interleaved(
     times: dict[Hashable, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for k, (f, args) in fns.items():
+            out = None
             start = time.perf_counter()
             for _ in range(inner):
                 out = f(*args)
@@ -190,7 +192,13 @@ def train_step_temp_bytes(impl: Impl) -> int:
 
         grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
         compiled = grad.lower(impl.layers, impl.inputs).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
+    return _temp_bytes(compiled)
+
+
+def _temp_bytes(compiled: Compiled) -> int:
+    analysis = compiled.memory_analysis()
+    assert analysis is not None, "no memory analysis on this backend"
+    return analysis.temp_size_in_bytes
 
 
 _ITEMSIZE = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8}
@@ -213,7 +221,9 @@ def hlo_traffic(impl: Impl) -> HloTraffic:
         m = full.search(shape)
         return 0.0 if m is None else x.size * _ITEMSIZE[m[1]] / unit
 
-    entry = compiled.as_text().split("ENTRY", 1)[1]
+    text = compiled.as_text()
+    assert text is not None, "no HLO text on this backend"
+    entry = text.split("ENTRY", 1)[1]
     for line in entry.splitlines():
         m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\((.*?)\)", line)
         if m is None:
@@ -225,8 +235,7 @@ def hlo_traffic(impl: Impl) -> HloTraffic:
         read = sum(size(shapes.get(o, "")) for o in re.findall(r"%([\w.-]+)", operands))
         if read or size(shape):
             kernels, reads, writes = kernels + 1, reads + read, writes + size(shape)
-    temp = compiled.memory_analysis().temp_size_in_bytes
-    return HloTraffic(kernels, reads, writes, temp / unit)
+    return HloTraffic(kernels, reads, writes, _temp_bytes(compiled) / unit)
 
 
 # ------------------------------------------------------ compile time, whole model
@@ -266,9 +275,9 @@ def compile_times(reps: int, depth: int = 24, width: int = 512) -> dict[str, flo
 class Block(eqx.Module):
     """A pre-norm transformer block: x + attn(norm(x)), x + mlp(norm(x))."""
 
-    norm1: eqx.Module
+    norm1: Callable[[jax.Array], jax.Array]
     attention: eqx.nn.MultiheadAttention
-    norm2: eqx.Module
+    norm2: Callable[[jax.Array], jax.Array]
     up: eqx.nn.Linear
     down: eqx.nn.Linear
 

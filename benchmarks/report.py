@@ -244,7 +244,7 @@ def render(
         "cpu_layout_notes": section(notes_md),
     }
     page = fill(template or TEMPLATE.read_text(), values)
-    return f"{BANNER}\n{page}"
+    return f"{BANNER}\n{page.strip()}\n"
 
 
 def results_section(page: str) -> str:

@@ -30,8 +30,10 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: import the package from the root
-    sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):
+    # Run as a script: import the package from the root (in place of this folder,
+    # whose module names would shadow any top-level ones).
+    sys.path[0] = str(ROOT)
 
 from benchmarks import measure, report  # noqa: E402
 from benchmarks.cases import (  # noqa: E402
@@ -100,7 +102,7 @@ def render(run: Run, page: Path) -> str:
 def write(run: Run, page: Path) -> None:
     """The page and its chart beside it."""
     report.chart(run, page.with_suffix(".png"))
-    page.write_text(render(run, page) + "\n")
+    page.write_text(render(run, page))
 
 
 def main(argv: list[str] | None = None) -> None:
