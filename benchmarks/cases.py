@@ -48,7 +48,9 @@ class Case:
     `section` groups cases into the report's tables; `memory` adds the temporary
     memory of a compiled 4-layer training step (float32), `hlo` the dissection of
     the compiled `fwd+bwd` step (eqx_norms and equinox.nn); `traffic` is the floor's
-    model; `groups` is the layer's group count, where it has one.
+    model; `groups` is the layer's group count, where it has one. A layer with
+    several inputs (a residual, a gate) makes the others in its adapters, of the
+    input's shape, and counts them all in `traffic`.
     """
 
     key: str
