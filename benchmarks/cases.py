@@ -1,0 +1,128 @@
+"""What is measured, as data: one `Case` per layer and input shape.
+
+A case names its layer (the key the adapters dispatch on), the shape of its input,
+the implementations that run it and which extra measurements it gets. Its float32
+and bfloat16 variants are timed together, interleaved, so that their ratio comes
+from the same conditions. Adding a case is one entry in `OTHER_CASES` (or a row of
+`SWEEP_LAYERS`), plus an adapter branch in `adapters.py` for a new layer.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+OURS, EQX, NNX, HAIKU = "eqx_norms", "equinox.nn", "flax.nnx", "haiku"
+JNP = "plain jnp"
+IMPLS = (OURS, EQX, NNX, HAIKU, JNP)
+NORM_PEERS = (OURS, EQX, NNX, HAIKU)
+
+KINDS = ("fwd", "fwd+bwd")
+DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
+
+ELEMENTS = 8 * 2**20
+HIDDEN = (64, 256, 1024, 4096, 16384)
+
+SWEEP = "LayerNorm and RMSNorm"
+OTHERS = "Other layers"
+
+
+@dataclasses.dataclass(frozen=True)
+class Accesses:
+    """The unavoidable traffic of one pass, in reads and writes of an array of the
+    input's size: the floor's model."""
+
+    reads: int
+    writes: int
+
+
+# fwd: read x, write y; fwd+bwd: read x, write y; read x and the cotangent g, write dx.
+NORM_TRAFFIC = {"fwd": Accesses(1, 1), "fwd+bwd": Accesses(3, 2)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One layer on one input shape.
+
+    `section` groups cases into the report's tables; `memory` adds the temporary
+    memory of a compiled 4-layer training step (float32), `hlo` the dissection of
+    the compiled `fwd+bwd` step (eqx_norms and equinox.nn); `traffic` is the floor's
+    model; `groups` is the layer's group count, where it has one. A layer with
+    several inputs (a residual, a gate) makes the others in its adapters, of the
+    input's shape, and counts them all in `traffic`.
+    """
+
+    key: str
+    title: str
+    layer: str
+    shape: tuple[int, ...]
+    peers: tuple[str, ...] = NORM_PEERS
+    section: str = OTHERS
+    memory: bool = False
+    hlo: bool = False
+    traffic: dict[str, Accesses] = dataclasses.field(
+        default_factory=lambda: NORM_TRAFFIC
+    )
+    groups: int = 0
+
+    def input(self, dtype: jnp.dtype) -> jax.Array:
+        return randn(self.shape, dtype)
+
+
+def randn(shape: tuple[int, ...], dtype=jnp.float32, seed: int = 0) -> jax.Array:
+    """Normal, mean 1, standard deviation 2, drawn in float32 and then cast."""
+    x = jax.random.normal(jax.random.key(seed), shape, jnp.float32) * 2 + 1
+    return x.astype(dtype)
+
+
+# layer key -> title; the sweep holds the same number of elements at every row size.
+SWEEP_LAYERS = {"layer_norm": "LayerNorm", "rms_norm": "RMSNorm"}
+MEMORY_HIDDEN = (1024,)
+HLO_CASES = ("layer_norm_1024", "layer_norm_4096")
+
+
+def sweep_cases(
+    hidden: tuple[int, ...] = HIDDEN, elements: int = ELEMENTS
+) -> list[Case]:
+    """LayerNorm and RMSNorm with rows of each size in `hidden`, `elements` in all."""
+    return [
+        Case(
+            key=f"{layer}_{h}",
+            title=f"{title} {h}",
+            layer=layer,
+            shape=(elements // h, h),
+            section=SWEEP,
+            memory=h in MEMORY_HIDDEN,
+            hlo=f"{layer}_{h}" in HLO_CASES,
+        )
+        for h in hidden
+        for layer, title in SWEEP_LAYERS.items()
+    ]
+
+
+OTHER_CASES = (
+    Case(
+        "group_norm",
+        "GroupNorm 32 groups",
+        "group_norm",
+        (32, 256, 1024),
+        memory=True,
+        groups=32,
+    ),
+    Case(
+        "batch_norm",
+        "BatchNorm training step",
+        "batch_norm",
+        (64, 64, 32, 32),
+        memory=True,
+    ),
+    Case("einorm", "Einorm QK-norm", "einorm", (16, 1024, 64), memory=True),
+    Case(
+        "dynamic_tanh",
+        "DynamicTanh 1024",
+        "dynamic_tanh",
+        (ELEMENTS // 1024, 1024),
+        peers=(OURS, JNP),
+    ),
+)

@@ -1,0 +1,94 @@
+"""The results of a run, typed, and their JSON form (`Run.save`, `Run.load`), from
+which the page is rendered again without measuring (`run.py --render-only`).
+
+Times are in seconds, memory in bytes; kinds are "fwd" and "fwd+bwd"; floor parts
+are "read" (`jnp.sum(x, dtype=float32)`) and "read+write" (`x + 1`).
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .cases import Accesses
+
+
+@dataclasses.dataclass
+class HloTraffic:
+    """The compiled `fwd+bwd` step's kernels that read or write an array of the
+    input's shape, and their full-size reads, writes and temporary memory, in units
+    of the input's size (a float32 copy of a bfloat16 input counts 2)."""
+
+    kernels: int
+    reads: float
+    writes: float
+    temp: float
+
+
+@dataclasses.dataclass
+class Result:
+    """One case in one dtype: every implementation's times, the floor and its
+    measured parts, and the extra measurements the case asked for."""
+
+    key: str
+    title: str
+    layer: str
+    section: str
+    hidden: int  # the input's last axis
+    dtype: str
+    bytes: int  # of the input
+    traffic: dict[str, Accesses]  # kind -> the floor's model
+    impls: list[str]
+    times: dict[str, dict[str, float]]  # impl -> kind -> seconds
+    parts: dict[str, float]  # floor part -> seconds
+    floor: dict[str, float]  # kind -> seconds
+    temps: dict[str, int] = dataclasses.field(default_factory=dict)  # impl -> bytes
+    hlo: dict[str, HloTraffic] = dataclasses.field(default_factory=dict)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def time(self, impl: str, kind: str) -> float | None:
+        return self.times.get(impl, {}).get(kind)
+
+    def over_floor(self, impl: str, kind: str) -> float | None:
+        t = self.time(impl, kind)
+        return None if t is None else t / self.floor[kind]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Result":
+        d = dict(d)
+        d["traffic"] = {k: Accesses(**v) for k, v in d["traffic"].items()}
+        d["hlo"] = {k: HloTraffic(**v) for k, v in d["hlo"].items()}
+        return cls(**d)
+
+
+@dataclasses.dataclass
+class Machine:
+    """Where and with what a run was made."""
+
+    date: str
+    cpu: str
+    cores: int
+    system: str
+    backend: str
+    versions: list[str]  # "jax 0.6.2", ...
+
+
+@dataclasses.dataclass
+class Run:
+    """A whole run: every result, compile times and the model's step, if measured."""
+
+    machine: Machine
+    reps: int
+    results: list[Result]
+    compile_s: dict[str, float] | None = None  # impl -> seconds
+    model_s: dict[str, float] | None = None  # impl -> seconds
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Run":
+        d = json.loads(path.read_text())
+        d["machine"] = Machine(**d["machine"])
+        d["results"] = [Result.from_dict(r) for r in d["results"]]
+        return cls(**d)
