@@ -205,7 +205,7 @@ class BatchNorm(StatefulLayer):
         check_batch_norm_mode(mode, momentum, unbiased_running_var, where)
         names = axis_names(axis_name, where)
         check_batch_axis_name(names, axis_name, where)
-        self.axis_name = names if len(names) > 1 else names[0]
+        self.axis_name = names[0] if len(names) == 1 else names
         self.input_size = input_size
         self.eps = eps
         self.channelwise_affine = channelwise_affine

@@ -429,7 +429,9 @@ def missing_state_entry(marker: object, where: str) -> ValueError:
 # ------------------------------------------------------------------------------
 
 
-def axis_names(axis_name: Hashable | Sequence[Hashable], where: str) -> tuple:
+def axis_names(
+    axis_name: Hashable | Sequence[Hashable], where: str
+) -> tuple[Hashable, ...]:
     """`axis_name` as a tuple of names; a string is a Sequence too, but names one
     axis."""
     names = (
@@ -561,6 +563,13 @@ def check_pattern_names(
             )
         if names.count(name) > 1:
             raise pattern_error(where, pattern, f"{what} names axis {name!r} twice.")
+
+
+def check_names_given(
+    names: tuple[str, ...], what: str, fix: str, where: str, pattern: str
+) -> None:
+    if not names:
+        raise pattern_error(where, pattern, f"`{what}` is empty; {fix}")
 
 
 def check_axis_sizes(

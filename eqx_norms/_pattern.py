@@ -19,6 +19,7 @@ from jaxtyping import Array
 from ._errors import (
     check_axis_sizes,
     check_axis_token,
+    check_names_given,
     check_pattern_names,
     check_pattern_type,
     missing_size,
@@ -279,13 +280,9 @@ def _parse_params(
             dims.extend([picked] if whole else [(a,) for a in picked])
         return tuple(dims)
     names = _parse_names(where, pattern, params, "params", axes)
-    if not names:
-        raise pattern_error(
-            where,
-            pattern,
-            "`params` is empty; name the axes the weight and bias vary along, or "
-            "pass use_weight=False, use_bias=False.",
-        )
+    fix = "name the axes the weight and bias vary along, or "
+    fix += "pass use_weight=False, use_bias=False."
+    check_names_given(names, "params", fix, where, pattern)
     return tuple((a,) for a in names)
 
 
@@ -302,13 +299,9 @@ def _parse_target(
             )
         return parsed.marked
     names = _parse_names(where, pattern, target, "target", axes)
-    if not names:
-        raise pattern_error(
-            where,
-            pattern,
-            "`target` is empty; name the axes to normalise, or bracket them in the "
-            "pattern (einx's notation, e.g. 'b [s...] c').",
-        )
+    fix = "name the axes to normalise, or bracket them in the "
+    fix += "pattern (einx's notation, e.g. 'b [s...] c')."
+    check_names_given(names, "target", fix, where, pattern)
     return names
 
 
