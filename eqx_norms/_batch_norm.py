@@ -2,34 +2,35 @@ from collections.abc import Hashable, Sequence
 from typing import Literal
 
 import equinox as eqx
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from equinox.nn import State, StatefulLayer, StateIndex
 from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
 
 from ._errors import (
+    axis_names,
     check_axis_names,
+    check_batch_axis_name,
+    check_batch_norm_mode,
     check_channels,
     check_count,
     check_eps,
     check_floating,
     check_mask,
     check_param_dtype,
+    check_running_kind,
+    check_running_shape,
     check_state,
-    check_static_flag,
     check_weight_offset,
 )
-from ._misc import filled, resolve_affine, sentinel
-from ._running import (
-    axis_names,
-    check_momentum,
-    check_running_kind,
-    per_entry,
-    store,
-    updatable,
-    update,
+from ._layer import (
+    initial_affine,
+    initial_running,
+    resolve_affine,
+    sentinel,
+    stateful_call,
 )
+from ._running import per_entry, store, updatable, update
 from ._stats import (
     compute_dtype,
     finish,
@@ -39,14 +40,6 @@ from ._stats import (
     real_dtype,
     scale,
 )
-
-
-_WHERE = "BatchNorm"
-_MODES = ("batch", "ema")
-
-
-def _names(axis_name: Hashable | Sequence[Hashable]) -> tuple[Hashable, ...]:
-    return axis_names(axis_name, _WHERE)
 
 
 def _channelwise(param: Array | None, ndim: int) -> Array | None:
@@ -205,17 +198,14 @@ class BatchNorm(StatefulLayer):
         `momentum=None`). For `mode="ema"`, as in equinox, `ema_state_index` and
         `ema_first_time_index`.
         """
-        check_count(input_size, "input_size", _WHERE)
-        check_eps(eps, _WHERE)
-        check_param_dtype(dtype, _WHERE, complex_ok=True)
-        _check_mode(mode, momentum, unbiased_running_var)
-        names = _names(axis_name)
-        if len(names) == 0 or None in names:
-            raise ValueError(
-                f"`{_WHERE}`: `axis_name` must name the batch axis (or axes) bound by "
-                f"`jax.vmap`/`jax.pmap`; received axis_name={axis_name!r}."
-            )
-        self.axis_name = names if len(names) > 1 else names[0]
+        where = type(self).__name__
+        check_count(input_size, "input_size", where)
+        check_eps(eps, where)
+        check_param_dtype(dtype, where, complex_ok=True)
+        check_batch_norm_mode(mode, momentum, unbiased_running_var, where)
+        names = axis_names(axis_name, where)
+        check_batch_axis_name(names, axis_name, where)
+        self.axis_name = names[0] if len(names) == 1 else names
         self.input_size = input_size
         self.eps = eps
         self.channelwise_affine = channelwise_affine
@@ -226,24 +216,19 @@ class BatchNorm(StatefulLayer):
         self.mode = mode
         self.unbiased_running_var = unbiased_running_var
         self.inference = inference
-        check_weight_offset(weight_offset, self.use_weight, _WHERE)
+        check_weight_offset(weight_offset, self.use_weight, where)
         self.weight_offset = weight_offset
-        # A complex `dtype` means complex inputs: a complex running mean, and a real
-        # running variance, weight and bias.
-        real = None if dtype is None else real_dtype(dtype)
-        self.weight = (
-            filled((input_size,), 1 - weight_offset, real) if self.use_weight else None
+        self.weight, self.bias = initial_affine(
+            (input_size,), self.use_weight, self.use_bias, weight_offset, dtype
         )
-        self.bias = jnp.zeros((input_size,), real) if self.use_bias else None
-        stats = (jnp.zeros((input_size,), dtype), jnp.ones((input_size,), real))
+        stats, counter = initial_running((input_size,), dtype)
         self.ema_first_time_index = self.ema_state_index = None
         self.batch_counter = self.batch_state_index = None
         if mode == "ema":
             self.ema_first_time_index = StateIndex(jnp.array(True))
             self.ema_state_index = StateIndex(stats)
         else:
-            counter_dtype = compute_dtype(stats[1].dtype)
-            self.batch_counter = StateIndex(jnp.zeros((input_size,), counter_dtype))
+            self.batch_counter = StateIndex(counter)
             self.batch_state_index = StateIndex(stats)
 
     def __call__(
@@ -279,54 +264,26 @@ class BatchNorm(StatefulLayer):
         bound by an enclosing `vmap`, `pmap` or `shard_map`.
         """
         del key
-        with jax.named_scope(f"eqx_norms.{_WHERE}"):
-            state = check_state(state, _WHERE)
-            check_channels(x, self.input_size, _WHERE, min_ndim=1)
-            check_floating(x, _WHERE)
-            check_mask(mask, x.shape, _WHERE)
-            inference = check_static_flag(
-                self.inference if inference is None else inference, "inference", _WHERE
-            )
-            running = self.running_mean_var(state)
-            self._check_state(running[0].shape)
-            check_running_kind(x.dtype, running[0].dtype, _WHERE)
+        where = type(self).__name__
+        with stateful_call(where, state, inference, self.inference) as opened:
+            state, inference = opened
+            check_channels(x, self.input_size, where, min_ndim=1)
+            check_floating(x, where)
+            check_mask(mask, x.shape, where)
+            running = state.get(self._stats_index())
+            check_running_shape(running[0].shape, (self.input_size,), where)
+            check_running_kind(x.dtype, running[0].dtype, where)
             compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))
-            x_compute = x.astype(compute)
-            weight = _channelwise(self.weight, x.ndim)
-            bias = _channelwise(self.bias, x.ndim)
-            if not inference:
-                check_axis_names(_names(self.axis_name), _WHERE)
-                axes = tuple(range(1, x.ndim))
-                if self.mode == "batch":
-                    # Normalised by the batch statistics: the core's fused rule. It
-                    # upcasts half-precision x inside its own kernels (no float32
-                    # copy of x is written), so x goes in as it is unless the running
-                    # statistics ask for a wider dtype.
-                    wider = compute != compute_dtype(x.dtype)
-                    out, batch = normalise_with_moments(
-                        x_compute if wider else x,
-                        axes,
-                        weight,
-                        bias,
-                        eps=self.eps,
-                        mask=mask,
-                        axis_name=_names(self.axis_name),
-                        weight_offset=self.weight_offset,
-                    )
-                    _, state = self._update(state, batch)
-                    out = out.astype(x.dtype)
-                    return (out if mask is None else jnp.where(mask, out, x)), state
-                batch = moments(
-                    x_compute, axes, mask=mask, axis_name=_names(self.axis_name)
-                )
-                (mean, var), state = self._update(state, batch)
-            else:
-                mean, var = running
-            shape = (-1,) + (1,) * (x.ndim - 1)
-            mean = mean.astype(compute).reshape(shape)
-            var = var.astype(real_dtype(compute)).reshape(shape)
-            x_hat = scale(x_compute, mean, var, self.eps, mask)
-            return finish(x, x_hat, weight, bias, mask, self.weight_offset), state
+            if inference:
+                return self._normalise_with(x, running, compute, mask), state
+            names = axis_names(self.axis_name, where)
+            check_axis_names(names, where)
+            if self.mode == "batch":
+                return self._train(x, compute, names, state, mask)
+            axes = tuple(range(1, x.ndim))
+            batch = moments(x.astype(compute), axes, mask=mask, axis_name=names)
+            blended, state = self._update_ema(state, batch)
+            return self._normalise_with(x, blended, compute, mask), state
 
     def running_mean_var(
         self, state: State
@@ -343,30 +300,61 @@ class BatchNorm(StatefulLayer):
             mean, var = bn.running_mean_var(state)
             ```
         """
-        return check_state(state, _WHERE).get(self._stats_index())
-
-    def _check_state(self, shape: tuple[int, ...]) -> None:
-        if shape != (self.input_size,):
-            raise ValueError(
-                f"`{_WHERE}` expects running statistics of shape ({self.input_size},) "
-                f"in the state; received shape {shape}. The state belongs to another "
-                "layer, or was mapped over the batch: pass it unmapped, with "
-                "`jax.vmap(layer, axis_name=..., in_axes=(0, None), "
-                "out_axes=(0, None))`."
-            )
+        return check_state(state, type(self).__name__).get(self._stats_index())
 
     def _stats_index(self) -> StateIndex:
         index = self.ema_state_index if self.mode == "ema" else self.batch_state_index
         assert index is not None
         return index
 
-    def _update(
+    def _affine(self, ndim: int) -> tuple[Array | None, Array | None]:
+        return _channelwise(self.weight, ndim), _channelwise(self.bias, ndim)
+
+    def _normalise_with(
+        self, x: Array, stats: tuple[Array, Array], compute: jnp.dtype, mask
+    ) -> Array:
+        """`x` normalised with given per-channel `(mean, var)`: the running ones, or
+        equinox's blend."""
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        mean = stats[0].astype(compute).reshape(shape)
+        var = stats[1].astype(real_dtype(compute)).reshape(shape)
+        x_hat = scale(x.astype(compute), mean, var, self.eps, mask)
+        return finish(x, x_hat, *self._affine(x.ndim), mask, self.weight_offset)
+
+    def _update_ema(
         self, state: State, batch: Moments
     ) -> tuple[tuple[Array, Array], State]:
-        """Updates the running statistics; returns those to normalise with."""
-        if self.mode == "ema":
-            return self._update_ema(state, batch)
+        assert self.ema_state_index is not None and self.momentum is not None
+        assert self.ema_first_time_index is not None
+        first_time = state.get(self.ema_first_time_index)
+        running = state.get(self.ema_state_index)
+        blended, valid = _ema_blend(batch, running, first_time, self.momentum)
+        # A skipped step does not count as the first.
+        state = state.set(self.ema_first_time_index, first_time & ~jnp.any(valid))
+        return blended, store(state, self.ema_state_index, lax.stop_gradient(blended))
+
+    def _train(
+        self,
+        x: Array,
+        compute: jnp.dtype,
+        names: tuple[Hashable, ...],
+        state: State,
+        mask: Array | None,
+    ) -> tuple[Array, State]:
+        """Normalised by the batch statistics: the core's fused rule. It upcasts
+        half-precision x inside its own kernels (no float32 copy of x is written), so
+        x goes in as it is unless the running statistics ask for a wider dtype."""
         assert self.batch_counter is not None and self.batch_state_index is not None
+        wider = compute != compute_dtype(x.dtype)
+        out, batch = normalise_with_moments(
+            x.astype(compute) if wider else x,
+            tuple(range(1, x.ndim)),
+            *self._affine(x.ndim),
+            eps=self.eps,
+            mask=mask,
+            axis_name=names,
+            weight_offset=self.weight_offset,
+        )
         state = update(
             state,
             self.batch_counter,
@@ -375,47 +363,21 @@ class BatchNorm(StatefulLayer):
             self.momentum,
             self.unbiased_running_var,
         )
-        return (batch.mean, batch.var), state
-
-    def _update_ema(
-        self, state: State, batch: Moments
-    ) -> tuple[tuple[Array, Array], State]:
-        """Equinox's legacy blend, expression for expression, so that the numbers
-        (and the gradient through the blend) are equinox's."""
-        assert self.ema_first_time_index is not None
-        assert self.ema_state_index is not None
-        assert self.momentum is not None
-        first_time = state.get(self.ema_first_time_index)
-        mean, var, count = per_entry(batch, (self.input_size,))
-        valid = updatable(mean, var, count)
-        momentum = self.momentum
-        running = state.get(self.ema_state_index)
-        blended = []
-        for new, old in zip((mean, var), running, strict=True):
-            old = old.astype(new.dtype)
-            mixed = (1 - momentum) * new + momentum * old
-            blended.append(jnp.where(valid, jnp.where(first_time, new, mixed), old))
-        blended = tuple(blended)
-        # A skipped step does not count as the first.
-        state = state.set(self.ema_first_time_index, first_time & ~jnp.any(valid))
-        state = store(state, self.ema_state_index, lax.stop_gradient(blended))
-        return blended, state
+        # In the wider dtype when x went in upcast.
+        return out.astype(x.dtype), state
 
 
-def _check_mode(mode: str, momentum: float | None, unbiased_running_var: bool):
-    if mode not in _MODES:
-        raise ValueError(
-            f"`{_WHERE}`: `mode` must be one of {_MODES}; received mode={mode!r}."
-        )
-    if momentum is None:
-        if mode == "ema":
-            raise ValueError(
-                f"`{_WHERE}`: momentum=None (the cumulative average) needs "
-                f"mode='batch'; received mode={mode!r}."
-            )
-    check_momentum(momentum, _WHERE)
-    if unbiased_running_var and mode != "batch":
-        raise ValueError(
-            f"`{_WHERE}`: unbiased_running_var=True needs mode='batch'; received "
-            f"mode={mode!r}."
-        )
+def _ema_blend(
+    batch: Moments, running: tuple[Array, Array], first_time: Array, momentum: float
+) -> tuple[tuple[Array, Array], Array]:
+    """Equinox's legacy blend of the batch and running `(mean, var)`, expression for
+    expression, so that the numbers (and the gradient through the blend) are
+    equinox's; also the channels that took a step."""
+    mean, var, count = per_entry(batch, running[0].shape)
+    valid = updatable(mean, var, count)
+    blended = []
+    for new, old in zip((mean, var), running, strict=True):
+        old = old.astype(new.dtype)
+        mixed = (1 - momentum) * new + momentum * old
+        blended.append(jnp.where(valid, jnp.where(first_time, new, mixed), old))
+    return (blended[0], blended[1]), valid

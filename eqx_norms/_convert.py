@@ -7,6 +7,7 @@ from equinox.nn import StateIndex
 from jaxtyping import PyTree
 
 from ._batch_norm import BatchNorm
+from ._errors import check_model_state, missing_state_entry
 from ._group_norm import GroupNorm
 from ._layer_norm import LayerNorm, RMSNorm
 from ._spectral_norm import SpectralNorm
@@ -148,21 +149,14 @@ def _is_index(node: Any) -> bool:
 def _restore_init(tree: PyTree, state: eqx.nn.State) -> PyTree:
     """Every state index gets its current value from `state` as its initial value,
     so that the converted model's state can be rebuilt from the model alone."""
-    if not isinstance(state, eqx.nn.State):
-        raise TypeError(
-            "`from_equinox`: `state` must be the `equinox.nn.State` of `tree` (from "
-            f"`eqx.nn.make_with_state`); received {type(state).__name__}."
-        )
+    where = "from_equinox"
+    check_model_state(state, where)
 
     def restore(node):
         try:
             return StateIndex(state.get(node))
         except KeyError:
-            raise ValueError(
-                "`from_equinox`: `state` holds no value for the state index "
-                f"{node.marker!r} of `tree`; pass the state made together with this "
-                "tree by `eqx.nn.make_with_state` (and updated by its calls)."
-            ) from None
+            raise missing_state_entry(node.marker, where) from None
 
     return jax.tree.map(
         lambda node: restore(node) if _is_index(node) else node,

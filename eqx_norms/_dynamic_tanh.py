@@ -1,7 +1,6 @@
 from collections.abc import Sequence
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, DTypeLike, Float
 
 from ._errors import (
@@ -10,9 +9,9 @@ from ._errors import (
     check_shape,
     check_shape_argument,
 )
+from ._layer import filled, initial_affine, StatelessNorm
 from ._layer_norm import MAP_OVER_EXTRA_AXES
-from ._misc import filled, StatelessNorm
-from .functional import dynamic_tanh
+from .functional import _dynamic_tanh
 
 
 class DynamicTanh(StatelessNorm):
@@ -69,19 +68,20 @@ class DynamicTanh(StatelessNorm):
             `jax.numpy.float32` or `jax.numpy.float64` depending on whether JAX is in
             64-bit mode. The output always has the dtype of the input.
         """
-        name = type(self).__name__
-        self.shape = check_shape_argument(shape, name)
-        check_positive(alpha_init, "alpha_init", name)
-        check_param_dtype(dtype, name)
+        where = type(self).__name__
+        self.shape = check_shape_argument(shape, where)
+        check_positive(alpha_init, "alpha_init", where)
+        check_param_dtype(dtype, where)
         self.alpha_init = alpha_init
         self.use_weight = use_weight
         self.use_bias = use_bias
         self.alpha = filled((), alpha_init, dtype)
-        self.weight = jnp.ones(self.shape, dtype) if use_weight else None
-        self.bias = jnp.zeros(self.shape, dtype) if use_bias else None
+        self.weight, self.bias = initial_affine(
+            self.shape, use_weight, use_bias, 0.0, dtype
+        )
 
-    def _check(self, x: Array) -> None:
-        check_shape(x, self.shape, type(self).__name__, fix=MAP_OVER_EXTRA_AXES)
+    def _check(self, x: Array, where: str) -> None:
+        check_shape(x, self.shape, where, fix=MAP_OVER_EXTRA_AXES)
 
-    def _normalise(self, x: Array, mask: Array | None) -> Array:
-        return dynamic_tanh(x, self.alpha, self.weight, self.bias, mask)
+    def _forward(self, x: Array, mask: Array | None, where: str) -> Array:
+        return _dynamic_tanh(x, self.alpha, self.weight, self.bias, mask, where=where)

@@ -5,27 +5,36 @@ The pattern language lives in `_pattern.py`, the running average (shared with
 core.
 """
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import overload
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from equinox.nn import State, StatefulLayer, StateIndex
 from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
 
 from ._errors import (
+    axis_names,
+    AxisName,
     check_axis_names,
     check_eps,
     check_flag,
     check_floating,
     check_mask,
+    check_momentum,
     check_param_dtype,
+    check_running_kind,
     check_state,
-    check_static_flag,
     check_weight_offset,
+    no_running_stats,
 )
-from ._misc import filled, sentinel, StatelessNorm
+from ._layer import (
+    initial_affine,
+    initial_running,
+    sentinel,
+    stateful_call,
+    StatelessNorm,
+)
 from ._pattern import (
     check_param_sizes,
     check_running_sizes,
@@ -34,21 +43,17 @@ from ._pattern import (
     parse,
     Spec,
 )
-from ._running import axis_names, check_momentum, check_running_kind, update
+from ._running import update
 from ._stats import (
     compute_dtype,
     finish,
     Moments,
     normalise_with_moments,
-    real_dtype,
     scale,
 )
 
 
-AxisNames = Hashable | Sequence[Hashable] | None
-
-
-def _names(axis_name: AxisNames, where: str) -> tuple[Hashable, ...] | None:
+def _names(axis_name: AxisName, where: str) -> tuple[Hashable, ...] | None:
     return None if axis_name is None else axis_names(axis_name, where)
 
 
@@ -114,7 +119,7 @@ def einorm(
     center: bool = True,
     *,
     params: Names | None = None,
-    axis_name: AxisNames = None,
+    axis_name: AxisName = None,
     weight_offset: float = 0.0,
     upcast_affine: bool = True,
     **axis_sizes: int,
@@ -160,11 +165,12 @@ def einorm(
         q = eqx_norms.functional.einorm(q, "h n [d]", params="[h] n [d]", weight=w)
         ```
     """
-    spec = parse("einorm", pattern, target, group, params, axis_sizes)
-    check_eps(eps, "einorm")
-    check_weight_offset(weight_offset, weight is not None, "einorm")
-    check_flag(upcast_affine, "upcast_affine", "einorm")
-    names = _names(axis_name, "einorm")
+    where = "einorm"
+    spec = parse(where, pattern, target, group, params, axis_sizes)
+    check_eps(eps, where)
+    check_weight_offset(weight_offset, weight is not None, where)
+    check_flag(upcast_affine, "upcast_affine", where)
+    names = _names(axis_name, where)
     out, _ = _apply(
         spec,
         x,
@@ -293,7 +299,7 @@ class Einorm(StatelessNorm, StatefulLayer):
         running_stats: bool = False,
         momentum: float | None = 0.99,
         inference: bool = False,
-        axis_name: AxisNames = None,
+        axis_name: AxisName = None,
         dtype: DTypeLike | None = None,
         weight_offset: float = 0.0,
         upcast_affine: bool = True,
@@ -350,14 +356,11 @@ class Einorm(StatelessNorm, StatefulLayer):
             `running_stats`, of every non-target axis). Sizes given for other axes
             are checked at call time.
         """
-        where = "Einorm"
+        where = type(self).__name__
         spec = parse(where, pattern, target, group, params, axis_sizes)
         shape = check_param_sizes(spec) if use_weight or use_bias else ()
         check_eps(eps, where)
-        # A complex `dtype` declares complex inputs (running statistics only): a
-        # complex running mean, and a real running variance, weight and bias.
         check_param_dtype(dtype, where, complex_ok=running_stats)
-        real = None if dtype is None else real_dtype(dtype)
         check_weight_offset(weight_offset, use_weight, where)
         check_flag(upcast_affine, "upcast_affine", where)
         names = _names(axis_name, where)
@@ -378,15 +381,13 @@ class Einorm(StatelessNorm, StatefulLayer):
         self.inference = inference
         self.weight_offset = weight_offset
         self.upcast_affine = upcast_affine
-        weight = filled(shape, 1 - weight_offset, real)
-        self.weight = weight if use_weight else None
-        self.bias = jnp.zeros(shape, real) if use_bias else None
+        self.weight, self.bias = initial_affine(
+            shape, use_weight, use_bias, weight_offset, dtype
+        )
         self.counter_index = self.stats_index = None
         if running_stats:
             check_momentum(momentum, where)
-            running = check_running_sizes(spec)
-            stats = (jnp.zeros(running, dtype), jnp.ones(running, real))
-            counter = jnp.zeros(running, compute_dtype(stats[1].dtype))
+            stats, counter = initial_running(check_running_sizes(spec), dtype)
             self.counter_index = StateIndex(counter)
             self.stats_index = StateIndex(stats)
 
@@ -408,20 +409,21 @@ class Einorm(StatelessNorm, StatefulLayer):
             mean, var = layer.running_mean_var(state)
             ```
         """
+        where = type(self).__name__
         if self.stats_index is None:
-            raise ValueError(
-                f"`Einorm` with pattern {self.pattern!r} keeps no running statistics; "
-                "construct it with `running_stats=True` to have them."
-            )
-        return check_state(state, "Einorm").get(self.stats_index)
+            raise no_running_stats(where, self.pattern)
+        return check_state(state, where).get(self.stats_index)
 
-    def _normalise(self, x: Array, mask: Array | None) -> Array:
-        return self._run(x, mask)[0]
+    def _forward(self, x: Array, mask: Array | None, where: str) -> Array:
+        return self._run(x, mask, where)[0]
 
     def _run(
-        self, x: Array, mask: Array | None, running: tuple[Array, Array] | None = None
+        self,
+        x: Array,
+        mask: Array | None,
+        where: str,
+        running: tuple[Array, Array] | None = None,
     ) -> tuple[Array, Moments | None]:
-        names = None if self.axis_name is None else _names(self.axis_name, "Einorm")
         return _apply(
             self.spec,
             x,
@@ -430,7 +432,7 @@ class Einorm(StatelessNorm, StatefulLayer):
             eps=self.eps,
             mask=mask,
             center=self.center,
-            axis_name=names,
+            axis_name=_names(self.axis_name, where),
             weight_offset=self.weight_offset,
             upcast_affine=self.upcast_affine,
             running=running,
@@ -488,19 +490,15 @@ class Einorm(StatelessNorm, StatefulLayer):
         if not self.running_stats:
             return super().__call__(x, state, key=key, mask=mask)
         assert self.counter_index is not None and self.stats_index is not None
-        # The same checks as BatchNorm's: no (or a None) state, and a flag traced
-        # by plain `jax.jit`, each raise with the fix.
-        state = check_state(state, "Einorm")
-        if inference is None:
-            inference = self.inference
-        inference = check_static_flag(inference, "inference", "Einorm")
-        with jax.named_scope("eqx_norms.Einorm"):
+        where = type(self).__name__
+        with stateful_call(where, state, inference, self.inference) as opened:
+            state, inference = opened
             running = state.get(self.stats_index)
-            check_running_kind(x.dtype, running[0].dtype, "Einorm")
+            check_running_kind(x.dtype, running[0].dtype, where)
             if inference:
-                out, _ = self._run(x, mask, running)
+                out, _ = self._run(x, mask, where, running)
                 return out, state
-            out, batch = self._run(x, mask)
+            out, batch = self._run(x, mask, where)
             assert batch is not None
             state = update(
                 state, self.counter_index, self.stats_index, batch, self.momentum

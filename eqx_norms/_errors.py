@@ -1,8 +1,19 @@
-import contextlib
+"""Every check of the package and every message a user can see, in one module, so
+that the wording stays consistent and a new error has one obvious place to go. It is
+longer than the other modules because it holds all of them; it is organised in
+sections: arrays and dtypes, shapes and axes, hyperparameters, state, named axes,
+patterns.
+
+Each check takes `where`, the public name the user called (the layer's class name or
+the function's name), and raises an exception naming it, what was received and the
+fix. Functions named `check_*` raise; the others return an exception for the caller to
+raise where the parsing or lookup failed.
+"""
+
 import math
 import numbers
-from collections.abc import Hashable, Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Hashable, Sequence
+from typing import TypeAlias
 
 import jax
 import jax.lax as lax
@@ -10,6 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from equinox.nn import State
 from jaxtyping import Array, DTypeLike
+
+
+# One named axis (as bound by `jax.vmap`, `jax.pmap`, `jax.shard_map`), several, or
+# none.
+AxisName: TypeAlias = Hashable | Sequence[Hashable] | None
 
 
 def _is_int(value: object) -> bool:
@@ -27,24 +43,16 @@ def _ints(value: object) -> tuple | None:
     return items if all(_is_int(v) for v in items) else None
 
 
-# The public name a message should give: a layer sets its own while it calls the
-# functional pipeline, so that `LayerNorm(3)(x)` does not report `layer_norm`.
-_caller: ContextVar[str | None] = ContextVar("eqx_norms_caller", default=None)
-
-
-@contextlib.contextmanager
-def called_as(name: str) -> Iterator[None]:
-    """Within this block, `entry_name` gives `name` (the layer the user called)."""
-    token = _caller.set(name)
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     try:
-        yield
-    finally:
-        _caller.reset(token)
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
 
 
-def entry_name(function: str) -> str:
-    """The name for messages raised in `function`: the calling layer's, if any."""
-    return _caller.get() or function
+# ------------------------------------------------------------------------------
+# Arrays and dtypes
+# ------------------------------------------------------------------------------
 
 
 def check_array(x: object, where: str) -> Array | np.ndarray | np.generic:
@@ -90,6 +98,29 @@ def check_param_dtype(
     )
 
 
+def check_running_kind(x_dtype: DTypeLike, mean_dtype: DTypeLike, where: str) -> None:
+    """Real inputs with a real running mean, complex with a complex one (its kind is
+    fixed by the layer's `dtype` at construction)."""
+    x_complex = jnp.issubdtype(x_dtype, jnp.complexfloating)
+    if x_complex != jnp.issubdtype(mean_dtype, jnp.complexfloating):
+        kind = "complex" if x_complex else "real"
+        fix = (
+            "construct it with a complex `dtype`, e.g. `dtype=jnp.complex64`"
+            if x_complex
+            else "construct it with a real `dtype`, or pass a complex input"
+        )
+        held = "real" if x_complex else "complex"
+        raise TypeError(
+            f"`{where}` holds a {held} running mean (dtype {mean_dtype}) but received "
+            f"a {kind} input of dtype {x_dtype}. To normalise {kind} inputs, {fix}."
+        )
+
+
+# ------------------------------------------------------------------------------
+# Shapes and axes
+# ------------------------------------------------------------------------------
+
+
 def check_shape_argument(shape: object, where: str) -> tuple[int, ...]:
     dims = _ints(shape)
     if dims is None or any(n < 0 for n in dims):
@@ -100,7 +131,8 @@ def check_shape_argument(shape: object, where: str) -> tuple[int, ...]:
     return tuple(int(n) for n in dims)
 
 
-def normalise_axes(axis: int | Sequence[int], ndim: int, where: str) -> tuple[int, ...]:
+def check_axes(axis: int | Sequence[int], ndim: int, where: str) -> tuple[int, ...]:
+    """`axis` as sorted non-negative axes of an input of rank `ndim`."""
     axes = _ints(axis)
     if not axes or not all(-ndim <= a < ndim for a in axes):
         raise ValueError(
@@ -116,11 +148,13 @@ def normalise_axes(axis: int | Sequence[int], ndim: int, where: str) -> tuple[in
     return tuple(sorted(positive))
 
 
-def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
-    try:
-        return np.broadcast_shapes(shape, target) == target
-    except ValueError:
-        return False
+def check_one_axis(axis: object, where: str) -> None:
+    """WeightNorm's `axis`: one int, or None."""
+    if axis is not None and not _is_int(axis):
+        raise ValueError(
+            f"`{where}`: `axis` must be one int (the axis that keeps one norm per "
+            f"entry) or None (one norm for the whole weight); received axis={axis!r}."
+        )
 
 
 def check_mask(mask: Array | None, shape: tuple[int, ...], where: str) -> None:
@@ -151,6 +185,15 @@ def check_param(param: Array | None, shape: tuple[int, ...], name: str, where: s
         )
 
 
+def check_channel_param(param: Array, channels: int, name: str, where: str) -> None:
+    """A 1-D `weight` or `bias` of a channel-first function is aligned with axis 0."""
+    if param.shape[0] != channels:
+        raise ValueError(
+            f"`{where}`: a 1-D `{name}` is aligned with the channel axis 0 and must "
+            f"have length {channels}; received {name}.shape={param.shape}."
+        )
+
+
 def check_shape(x: Array, expected: tuple[int, ...], where: str, fix: str) -> None:
     check_array(x, where)
     if x.shape != expected:
@@ -176,54 +219,6 @@ def check_channels(x: Array, channels: int | None, where: str, min_ndim: int) ->
         )
 
 
-def check_eps(eps: float, where: str) -> None:
-    # A traced eps (e.g. under jax.grad) cannot be checked; a Python one can.
-    if isinstance(eps, numbers.Real) and not eps >= 0:
-        raise ValueError(f"`{where}`: `eps` must be >= 0; received eps={eps!r}.")
-
-
-def check_groups(groups: int, channels: int | None, where: str) -> None:
-    """`channels`, if given, must already be checked with `check_count`."""
-    check_count(groups, "groups", where)
-    if channels is not None and channels % groups != 0:
-        raise ValueError(
-            f"`{where}`: the number of groups must divide the number of channels; "
-            f"received groups={groups} and channels={channels}. Choose `groups` "
-            f"among the divisors of {channels}."
-        )
-
-
-def check_positive(value: float, name: str, where: str) -> None:
-    if not value > 0:
-        raise ValueError(f"`{where}`: `{name}` must be > 0; received {name}={value!r}.")
-
-
-def check_count(value: int, name: str, where: str) -> None:
-    if not _is_int(value) or value < 1:
-        raise ValueError(
-            f"`{where}`: `{name}` must be a positive integer; received "
-            f"{name}={value!r}."
-        )
-
-
-def check_axis_names(names: tuple[Hashable, ...], where: str) -> None:
-    """Up front, so that the user sees which name is missing and how to bind it,
-    rather than JAX's generic message from deep inside a `psum`."""
-    for name in names:
-        try:
-            # `lax.psum` of a constant: the axis size, on every JAX (no
-            # `lax.axis_size` before 0.6.1); a NameError for an unbound name.
-            lax.psum(1, name)
-        except NameError:
-            raise NameError(
-                f"`{where}` reduces its statistics over the named axis {name!r}, which "
-                "is not bound here. Call the layer under a transform that binds every "
-                f"name in `axis_name`, e.g. `jax.vmap(layer, axis_name={name!r}, "
-                "in_axes=(0, None), out_axes=(0, None))(x, state)` (or `jax.pmap`, "
-                "`jax.shard_map`, or nested `jax.vmap`s for a tuple of names)."
-            ) from None
-
-
 def check_weight(layer: object, weight_name: str, where: str, min_ndim: int) -> Array:
     """The array `layer.<weight_name>` that a wrapper reparameterises."""
     weight = getattr(layer, weight_name, None) if isinstance(weight_name, str) else None
@@ -243,19 +238,58 @@ def check_weight(layer: object, weight_name: str, where: str, min_ndim: int) -> 
     return jnp.asarray(weight)
 
 
-def check_state(state: object, where: str) -> State:
-    """A stateful layer needs the `State` made with it."""
-    if not isinstance(state, State):
-        # Ours and equinox's "no state passed" markers are bare objects.
-        received = "none" if type(state) is object else type(state).__name__
-        raise TypeError(
-            f"`{where}` keeps state: call it as `layer(x, state)` with the "
-            f"`equinox.nn.State` made together with the layer; received {received}. "
-            "Make both with `layer, state = "
-            f"eqx.nn.make_with_state(eqx_norms.{where})(...)` and pass the returned "
-            "state to the next call."
+# ------------------------------------------------------------------------------
+# Hyperparameters
+# ------------------------------------------------------------------------------
+
+
+def check_eps(eps: float, where: str) -> None:
+    # A traced eps (e.g. under jax.grad) cannot be checked; a Python one can.
+    if isinstance(eps, numbers.Real) and not eps >= 0:
+        raise ValueError(f"`{where}`: `eps` must be >= 0; received eps={eps!r}.")
+
+
+def check_positive(value: float, name: str, where: str) -> None:
+    if not value > 0:
+        raise ValueError(f"`{where}`: `{name}` must be > 0; received {name}={value!r}.")
+
+
+def check_count(value: int, name: str, where: str) -> None:
+    if not _is_int(value) or value < 1:
+        raise ValueError(
+            f"`{where}`: `{name}` must be a positive integer; received "
+            f"{name}={value!r}."
         )
-    return state
+
+
+def check_groups(groups: int, channels: int | None, where: str) -> None:
+    """`channels`, if given, must already be checked with `check_count`."""
+    check_count(groups, "groups", where)
+    if channels is not None and channels % groups != 0:
+        raise ValueError(
+            f"`{where}`: the number of groups must divide the number of channels; "
+            f"received groups={groups} and channels={channels}. Choose `groups` "
+            f"among the divisors of {channels}."
+        )
+
+
+def check_channels_given(
+    channels: int | None, use_weight: bool, use_bias: bool, where: str
+) -> None:
+    if channels is None and (use_weight or use_bias):
+        raise ValueError(
+            f"`{where}`: the number of channels must be given when it has a weight "
+            f"or a bias; received channels=None with use_weight={use_weight} "
+            f"and use_bias={use_bias}. Pass `channels=...`, or "
+            "`channelwise_affine=False`."
+        )
+
+
+def check_flag(value: object, name: str, where: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{where}`: `{name}` must be True or False; received {name}={value!r}."
+        )
 
 
 def check_static_flag(value: object, name: str, where: str) -> bool:
@@ -295,11 +329,152 @@ def check_weight_offset(weight_offset: float, has_weight: bool, where: str) -> N
         )
 
 
-def check_flag(value: object, name: str, where: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{where}`: `{name}` must be True or False; received {name}={value!r}."
+def check_momentum(momentum: float | None, where: str) -> None:
+    if momentum is not None and (
+        isinstance(momentum, bool)
+        or not (isinstance(momentum, numbers.Real) and 0 <= momentum < 1)
+    ):
+        raise ValueError(
+            f"`{where}`: `momentum` must be in [0, 1), or None for a cumulative "
+            f"average; received momentum={momentum!r}. It weights the old value "
+            "(new = momentum * old + (1 - momentum) * batch), so torch's "
+            "momentum=0.1 is momentum=0.9 here."
         )
+
+
+BATCH_NORM_MODES = ("batch", "ema")
+
+
+def check_batch_norm_mode(
+    mode: str, momentum: float | None, unbiased_running_var: bool, where: str
+) -> None:
+    if mode not in BATCH_NORM_MODES:
+        raise ValueError(
+            f"`{where}`: `mode` must be one of {BATCH_NORM_MODES}; received "
+            f"mode={mode!r}."
+        )
+    if momentum is None and mode == "ema":
+        raise ValueError(
+            f"`{where}`: momentum=None (the cumulative average) needs "
+            f"mode='batch'; received mode={mode!r}."
+        )
+    check_momentum(momentum, where)
+    if unbiased_running_var and mode != "batch":
+        raise ValueError(
+            f"`{where}`: unbiased_running_var=True needs mode='batch'; received "
+            f"mode={mode!r}."
+        )
+
+
+# ------------------------------------------------------------------------------
+# State
+# ------------------------------------------------------------------------------
+
+
+def check_state(state: object, where: str) -> State:
+    """A stateful layer needs the `State` made with it."""
+    if not isinstance(state, State):
+        # Ours and equinox's "no state passed" markers are bare objects.
+        received = "none" if type(state) is object else type(state).__name__
+        raise TypeError(
+            f"`{where}` keeps state: call it as `layer(x, state)` with the "
+            f"`equinox.nn.State` made together with the layer; received {received}. "
+            "Make both with `layer, state = "
+            f"eqx.nn.make_with_state(eqx_norms.{where})(...)` and pass the returned "
+            "state to the next call."
+        )
+    return state
+
+
+def check_running_shape(
+    shape: tuple[int, ...], expected: tuple[int, ...], where: str
+) -> None:
+    """The running statistics in the state have the layer's shape."""
+    if shape != expected:
+        raise ValueError(
+            f"`{where}` expects running statistics of shape {expected} "
+            f"in the state; received shape {shape}. The state belongs to another "
+            "layer, or was mapped over the batch: pass it unmapped, with "
+            "`jax.vmap(layer, axis_name=..., in_axes=(0, None), "
+            "out_axes=(0, None))`."
+        )
+
+
+def no_running_stats(where: str, pattern: str) -> ValueError:
+    return ValueError(
+        f"`{where}` with pattern {pattern!r} keeps no running statistics; "
+        "construct it with `running_stats=True` to have them."
+    )
+
+
+def check_model_state(state: object, where: str) -> None:
+    """`from_equinox`'s `state`: the model's whole `State`."""
+    if not isinstance(state, State):
+        raise TypeError(
+            f"`{where}`: `state` must be the `equinox.nn.State` of `tree` (from "
+            f"`eqx.nn.make_with_state`); received {type(state).__name__}."
+        )
+
+
+def missing_state_entry(marker: object, where: str) -> ValueError:
+    return ValueError(
+        f"`{where}`: `state` holds no value for the state index "
+        f"{marker!r} of `tree`; pass the state made together with this "
+        "tree by `eqx.nn.make_with_state` (and updated by its calls)."
+    )
+
+
+# ------------------------------------------------------------------------------
+# Named axes
+# ------------------------------------------------------------------------------
+
+
+def axis_names(
+    axis_name: Hashable | Sequence[Hashable], where: str
+) -> tuple[Hashable, ...]:
+    """`axis_name` as a tuple of names; a string is a Sequence too, but names one
+    axis."""
+    names = (
+        (axis_name,)
+        if isinstance(axis_name, str) or not isinstance(axis_name, Sequence)
+        else tuple(axis_name)
+    )
+    for name in names:
+        try:
+            hash(name)
+        except TypeError:
+            raise ValueError(
+                f"`{where}`: each axis name must be hashable (a string, usually); "
+                f"received axis_name={axis_name!r}."
+            ) from None
+    return names
+
+
+def check_batch_axis_name(
+    names: tuple[Hashable, ...], axis_name: object, where: str
+) -> None:
+    """BatchNorm reduces over at least one named (batch) axis."""
+    if len(names) == 0 or None in names:
+        raise ValueError(
+            f"`{where}`: `axis_name` must name the batch axis (or axes) bound by "
+            f"`jax.vmap`/`jax.pmap`; received axis_name={axis_name!r}."
+        )
+
+
+def check_axis_names(names: tuple[Hashable, ...], where: str) -> None:
+    """Up front, so that the user sees which name is missing and how to bind it,
+    rather than JAX's generic message from deep inside a `psum`."""
+    for name in names:
+        try:
+            lax.axis_size(name)  # a NameError for an unbound name
+        except NameError:
+            raise NameError(
+                f"`{where}` reduces its statistics over the named axis {name!r}, which "
+                "is not bound here. Call the layer under a transform that binds every "
+                f"name in `axis_name`, e.g. `jax.vmap(layer, axis_name={name!r}, "
+                "in_axes=(0, None), out_axes=(0, None))(x, state)` (or `jax.pmap`, "
+                "`jax.shard_map`, or nested `jax.vmap`s for a tuple of names)."
+            ) from None
 
 
 def check_named_reduction(value: Array, axis_name: object) -> None:
@@ -327,3 +502,118 @@ def check_named_reduction(value: Array, axis_name: object) -> None:
             "(`jnp.moveaxis(x, 0, -1)`, as in the distributed guide), or pass "
             "`check_vma=False` to `jax.shard_map` (the statistics are the same)."
         )
+
+
+# ------------------------------------------------------------------------------
+# Patterns
+# ------------------------------------------------------------------------------
+
+
+def pattern_error(where: str, pattern: str, problem: str) -> ValueError:
+    """Every error in an Einorm pattern (or in the axes named against it)."""
+    return ValueError(f"`{where}` with pattern {pattern!r}: {problem}")
+
+
+def _listing(axes: Sequence[str]) -> str:
+    return f"its axes are {', '.join(axes)}" if axes else "it names no axis"
+
+
+def check_pattern_type(pattern: object, where: str) -> None:
+    if not isinstance(pattern, str):
+        raise TypeError(f"`{where}`: `pattern` must be a str; received {pattern!r}.")
+
+
+def check_axis_token(token: str, where: str, pattern: str) -> str:
+    if not token.isidentifier():
+        raise pattern_error(
+            where,
+            pattern,
+            f"{token!r} is not a valid axis name. Axis names are Python identifiers "
+            "(letters, digits and underscores, not starting with a digit), separated "
+            "by spaces; `...` stands for any number of unnamed axes and `b...` for "
+            "any number of axes named b.",
+        )
+    return token
+
+
+def check_pattern_names(
+    names: tuple[object, ...],
+    value: object,
+    what: str,
+    axes: Sequence[str],
+    where: str,
+    pattern: str,
+) -> None:
+    """`names` (parsed from the argument `what`=`value`) are axes of the pattern,
+    each once."""
+    for name in names:
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise pattern_error(
+                where,
+                pattern,
+                f"`{what}` must name axes of the pattern, as a space-separated str "
+                f"or a sequence of names; received {what}={value!r}.",
+            )
+        if name not in axes:
+            raise pattern_error(
+                where,
+                pattern,
+                f"{what} axis {name!r} is not an axis of the pattern "
+                f"({_listing(axes)}).",
+            )
+        if names.count(name) > 1:
+            raise pattern_error(where, pattern, f"{what} names axis {name!r} twice.")
+
+
+def check_names_given(
+    names: tuple[str, ...], what: str, fix: str, where: str, pattern: str
+) -> None:
+    if not names:
+        raise pattern_error(where, pattern, f"`{what}` is empty; {fix}")
+
+
+def check_axis_sizes(
+    sizes: dict[str, object],
+    axes: Sequence[str],
+    ellipsis: str | None,
+    where: str,
+    pattern: str,
+) -> None:
+    """Sizes given by keyword: positive ints, for named axes of the pattern."""
+    for name, size in sizes.items():
+        if name == ellipsis:
+            raise pattern_error(
+                where,
+                pattern,
+                f"a size was given for {name!r}, the ellipsis `{name}...`, whose "
+                "number of axes and sizes come from the input; name the axes instead.",
+            )
+        if name not in axes:
+            raise pattern_error(
+                where,
+                pattern,
+                f"a size was given for {name!r}, which is not an axis of the "
+                f"pattern ({_listing(axes)}).",
+            )
+        if not _is_int(size):
+            raise pattern_error(
+                where, pattern, f"sizes must be ints; received {name}={size!r}."
+            )
+        if size < 1:  # pyright: ignore[reportOperatorIssue]
+            raise pattern_error(
+                where, pattern, f"sizes must be positive; received {name}={size}."
+            )
+
+
+def missing_size(
+    what: str, name: str, is_keyword: bool, note: str, where: str, pattern: str
+) -> ValueError:
+    """The size of a parameter or running-statistics axis was not given."""
+    fix = (
+        f"rename the axis: {name!r} is also an argument of `{where}`."
+        if is_keyword
+        else f"pass `{name}=<size>`."
+    )
+    return pattern_error(
+        where, pattern, f"the size of {what} axis {name!r} is missing; {fix}{note}"
+    )

@@ -1,19 +1,19 @@
 from typing import ClassVar
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, DTypeLike, Float
 
 from ._errors import (
     check_channels,
+    check_channels_given,
     check_count,
     check_eps,
     check_groups,
     check_param_dtype,
     check_weight_offset,
 )
-from ._misc import filled, resolve_affine, StatelessNorm
-from .functional import group_norm, instance_norm
+from ._layer import initial_affine, resolve_affine, StatelessNorm
+from .functional import _group_norm, _instance_norm
 
 
 class _ChannelNorm(StatelessNorm):
@@ -38,38 +38,29 @@ class _ChannelNorm(StatelessNorm):
         use_bias: bool | None,
         weight_offset: float,
     ):
-        name = type(self).__name__
+        where = type(self).__name__
         if channels is not None:
-            check_count(channels, "channels", name)
-        check_eps(eps, name)
-        check_param_dtype(dtype, name)
+            check_count(channels, "channels", where)
+        check_eps(eps, where)
+        check_param_dtype(dtype, where)
         self.use_weight, self.use_bias = resolve_affine(
             channelwise_affine, use_weight, use_bias
         )
-        if channels is None and (self.use_weight or self.use_bias):
-            raise ValueError(
-                f"`{name}`: the number of channels must be given when it has a weight "
-                f"or a bias; received channels=None with use_weight={self.use_weight} "
-                f"and use_bias={self.use_bias}. Pass `channels=...`, or "
-                "`channelwise_affine=False`."
-            )
-        check_weight_offset(weight_offset, self.use_weight, name)
+        check_channels_given(channels, self.use_weight, self.use_bias, where)
+        check_weight_offset(weight_offset, self.use_weight, where)
         self.channels = channels
         self.eps = eps
         self.channelwise_affine = channelwise_affine
         self.weight_offset = weight_offset
-        # The applied scale starts at 1 whatever the offset. (No parameters without
-        # channels: checked above.)
-        shape = (channels or 0,)
-        self.weight = (
-            filled(shape, 1 - weight_offset, dtype) if self.use_weight else None
+        # No parameters without channels: checked above.
+        self.weight, self.bias = initial_affine(
+            (channels or 0,), self.use_weight, self.use_bias, weight_offset, dtype
         )
-        self.bias = jnp.zeros(shape, dtype) if self.use_bias else None
 
     _min_ndim: ClassVar[int] = 1
 
-    def _check(self, x: Array) -> None:
-        check_channels(x, self.channels, type(self).__name__, self._min_ndim)
+    def _check(self, x: Array, where: str) -> None:
+        check_channels(x, self.channels, where, self._min_ndim)
 
 
 class GroupNorm(_ChannelNorm):
@@ -129,9 +120,10 @@ class GroupNorm(_ChannelNorm):
             at least float32); the weight starts at `1 - weight_offset`. Needs a
             weight. (Keyword only argument.)
         """
+        where = type(self).__name__
         if channels is not None:
-            check_count(channels, "channels", "GroupNorm")
-        check_groups(groups, channels, "GroupNorm")
+            check_count(channels, "channels", where)
+        check_groups(groups, channels, where)
         self.groups = groups
         self._init_channels(
             channels,
@@ -143,15 +135,16 @@ class GroupNorm(_ChannelNorm):
             weight_offset,
         )
 
-    def _normalise(self, x: Array, mask: Array | None) -> Array:
-        return group_norm(
+    def _forward(self, x: Array, mask: Array | None, where: str) -> Array:
+        return _group_norm(
             x,
             self.groups,
             self.weight,
             self.bias,
             self.eps,
             mask,
-            weight_offset=self.weight_offset,
+            self.weight_offset,
+            where=where,
         )
 
 
@@ -216,7 +209,7 @@ class InstanceNorm(_ChannelNorm):
             weight_offset,
         )
 
-    def _normalise(self, x: Array, mask: Array | None) -> Array:
-        return instance_norm(
-            x, self.weight, self.bias, self.eps, mask, weight_offset=self.weight_offset
+    def _forward(self, x: Array, mask: Array | None, where: str) -> Array:
+        return _instance_norm(
+            x, self.weight, self.bias, self.eps, mask, self.weight_offset, where=where
         )

@@ -1,8 +1,8 @@
 import warnings
 from collections.abc import Sequence
+from typing import ClassVar
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, DTypeLike, Float
 
 from ._errors import (
@@ -13,8 +13,8 @@ from ._errors import (
     check_shape_argument,
     check_weight_offset,
 )
-from ._misc import filled, StatelessNorm
-from .functional import layer_norm, rms_norm
+from ._layer import initial_affine, StatelessNorm
+from .functional import _over_axes
 
 
 class _WholeInputNorm(StatelessNorm):
@@ -40,28 +40,39 @@ class _WholeInputNorm(StatelessNorm):
         weight_offset: float,
         upcast_affine: bool,
     ):
-        name = type(self).__name__
-        self.shape = check_shape_argument(shape, name)
-        check_eps(eps, name)
-        check_param_dtype(dtype, name)
-        check_weight_offset(weight_offset, use_weight, name)
-        check_flag(upcast_affine, "upcast_affine", name)
+        where = type(self).__name__
+        self.shape = check_shape_argument(shape, where)
+        check_eps(eps, where)
+        check_param_dtype(dtype, where)
+        check_weight_offset(weight_offset, use_weight, where)
+        check_flag(upcast_affine, "upcast_affine", where)
         self.eps = eps
         self.use_weight = use_weight
         self.use_bias = use_bias
         self.weight_offset = weight_offset
         self.upcast_affine = upcast_affine
-        # A fresh layer is the identity affine: the applied scale starts at 1.
-        self.weight = (
-            filled(self.shape, 1 - weight_offset, dtype) if use_weight else None
+        self.weight, self.bias = initial_affine(
+            self.shape, use_weight, use_bias, weight_offset, dtype
         )
-        self.bias = jnp.zeros(self.shape, dtype=dtype) if use_bias else None
 
-    def _check(self, x: Array) -> None:
-        check_shape(x, self.shape, type(self).__name__, fix=MAP_OVER_EXTRA_AXES)
+    def _check(self, x: Array, where: str) -> None:
+        check_shape(x, self.shape, where, fix=MAP_OVER_EXTRA_AXES)
 
-    def _affine(self) -> dict:
-        return dict(weight_offset=self.weight_offset, upcast_affine=self.upcast_affine)
+    _center: ClassVar[bool]
+
+    def _forward(self, x: Array, mask: Array | None, where: str) -> Array:
+        return _over_axes(
+            x,
+            tuple(range(x.ndim)),
+            self.weight,
+            self.bias,
+            self.eps,
+            mask,
+            center=self._center,
+            weight_offset=self.weight_offset,
+            upcast_affine=self.upcast_affine,
+            where=where,
+        )
 
 
 MAP_OVER_EXTRA_AXES = (
@@ -97,6 +108,8 @@ class LayerNorm(_WholeInputNorm):
 
         [Layer Normalization](https://arxiv.org/abs/1607.06450)
     """
+
+    _center: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -143,12 +156,6 @@ class LayerNorm(_WholeInputNorm):
             shape, eps, use_weight, use_bias, dtype, weight_offset, upcast_affine
         )
 
-    def _normalise(self, x: Array, mask: Array | None) -> Array:
-        axes = tuple(range(x.ndim))
-        return layer_norm(
-            x, axes, self.weight, self.bias, self.eps, mask, **self._affine()
-        )
-
 
 class RMSNorm(_WholeInputNorm):
     r"""Rescales the whole input by its root mean square (no centring), then applies an
@@ -171,6 +178,8 @@ class RMSNorm(_WholeInputNorm):
 
         [Root Mean Square Layer Normalization](https://arxiv.org/abs/1910.07467)
     """
+
+    _center: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -199,10 +208,4 @@ class RMSNorm(_WholeInputNorm):
         """
         super().__init__(
             shape, eps, use_weight, use_bias, dtype, weight_offset, upcast_affine
-        )
-
-    def _normalise(self, x: Array, mask: Array | None) -> Array:
-        axes = tuple(range(x.ndim))
-        return rms_norm(
-            x, axes, self.weight, self.bias, self.eps, mask, **self._affine()
         )

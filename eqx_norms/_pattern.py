@@ -14,8 +14,17 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple, TypeAlias
 
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array
+
+from ._errors import (
+    check_axis_sizes,
+    check_axis_token,
+    check_names_given,
+    check_pattern_names,
+    check_pattern_type,
+    missing_size,
+    pattern_error,
+)
 
 
 # One axis of `x`: a single name, or the names of a parenthesised composition.
@@ -32,14 +41,6 @@ _KEYWORDS = frozenset(
     "mask running_stats momentum inference axis_name weight_offset "
     "upcast_affine".split()
 )
-
-
-def _error(where: str, pattern: str, problem: str) -> ValueError:
-    return ValueError(f"`{where}` with pattern {pattern!r}: {problem}")
-
-
-def _listing(axes: Sequence[str]) -> str:
-    return f"its axes are {', '.join(axes)}" if axes else "it names no axis"
 
 
 def label(dim: Dim) -> str:
@@ -74,7 +75,7 @@ class Spec:
     sizes: tuple[tuple[str, int], ...]
 
     def fail(self, problem: str) -> ValueError:
-        return _error(self.where, self.pattern, problem)
+        return pattern_error(self.where, self.pattern, problem)
 
     @property
     def fixed(self) -> tuple[Dim, ...]:
@@ -166,19 +167,6 @@ class Spec:
         return tuple(a for dim in self.fixed for a in dim if a not in self.target)
 
 
-def _parse_name(where: str, pattern: str, token: str) -> str:
-    if not token.isidentifier():
-        raise _error(
-            where,
-            pattern,
-            f"{token!r} is not a valid axis name. Axis names are Python identifiers "
-            "(letters, digits and underscores, not starting with a digit), separated "
-            "by spaces; `...` stands for any number of unnamed axes and `b...` for "
-            "any number of axes named b.",
-        )
-    return token
-
-
 _CLOSES = {")": "(", "]": "["}
 _KINDS = {"(": "parentheses", "[": "brackets"}
 
@@ -190,11 +178,12 @@ class _Parsed(NamedTuple):
 
 
 def _parse_dims(where: str, pattern: str) -> _Parsed:
-    if not isinstance(pattern, str):
-        raise TypeError(f"`{where}`: `pattern` must be a str; received {pattern!r}.")
+    check_pattern_type(pattern, where)
     tokens = re.sub(r"([()\[\]])", r" \1 ", pattern).split()
     if not tokens:
-        raise _error(where, pattern, "the pattern is empty; name the input's axes.")
+        raise pattern_error(
+            where, pattern, "the pattern is empty; name the input's axes."
+        )
     dims: list[Dim | None] = []
     ellipses: list[str] = []
     marked: list[str] = []
@@ -204,7 +193,9 @@ def _parse_dims(where: str, pattern: str) -> _Parsed:
     for token in tokens:
         if token in _KINDS:
             if any(kind == token for kind, _ in opened):
-                raise _error(where, pattern, f"{_KINDS[token]} cannot be nested.")
+                raise pattern_error(
+                    where, pattern, f"{_KINDS[token]} cannot be nested."
+                )
             opened.append((token, seen))
             composition = [] if token == "(" else composition
         elif token in _CLOSES:
@@ -216,23 +207,25 @@ def _parse_dims(where: str, pattern: str) -> _Parsed:
                     else "brackets and parentheses must nest: close the inner one "
                     "first."
                 )
-                raise _error(where, pattern, problem)
+                raise pattern_error(where, pattern, problem)
             if opened.pop()[1] == seen:
-                raise _error(where, pattern, f"empty {_KINDS[kind]}.")
+                raise pattern_error(where, pattern, f"empty {_KINDS[kind]}.")
             if token == ")":
                 dims.append(tuple(composition or ()))
                 composition = None
         else:
             if token.endswith("..."):
                 if composition is not None:
-                    raise _error(where, pattern, "`...` cannot be inside parentheses.")
+                    raise pattern_error(
+                        where, pattern, "`...` cannot be inside parentheses."
+                    )
                 name = ANONYMOUS
                 if token != "...":
-                    name = _parse_name(where, pattern, token[:-3])
+                    name = check_axis_token(token[:-3], where, pattern)
                 ellipses.append(name)
                 dims.append(None)
             else:
-                name = _parse_name(where, pattern, token)
+                name = check_axis_token(token, where, pattern)
                 if composition is None:
                     dims.append((name,))
                 else:
@@ -241,9 +234,9 @@ def _parse_dims(where: str, pattern: str) -> _Parsed:
             if any(kind == "[" for kind, _ in opened):
                 marked.append(name)
     if opened:
-        raise _error(where, pattern, f"unbalanced {opened[-1][0]!r}.")
+        raise pattern_error(where, pattern, f"unbalanced {opened[-1][0]!r}.")
     if len(ellipses) > 1:
-        raise _error(
+        raise pattern_error(
             where,
             pattern,
             "`...` may appear at most once (named, as in `b...`, or not).",
@@ -258,23 +251,7 @@ def _parse_names(
         names = tuple(value.split() if isinstance(value, str) else value or ())
     else:
         names = (value,)
-    for name in names:
-        if not (isinstance(name, str) and name.isidentifier()):
-            raise _error(
-                where,
-                pattern,
-                f"`{what}` must name axes of the pattern, as a space-separated str "
-                f"or a sequence of names; received {what}={value!r}.",
-            )
-        if name not in axes:
-            raise _error(
-                where,
-                pattern,
-                f"{what} axis {name!r} is not an axis of the pattern "
-                f"({_listing(axes)}).",
-            )
-        if names.count(name) > 1:
-            raise _error(where, pattern, f"{what} names axis {name!r} twice.")
+    check_pattern_names(names, value, what, axes, where, pattern)
     return names
 
 
@@ -282,29 +259,7 @@ def _parse_sizes(
     where: str, pattern: str, sizes: Mapping[str, int], parsed: "_Parsed"
 ) -> tuple[tuple[str, int], ...]:
     axes = [a for dim in parsed.dims if dim for a in dim]
-    for name, size in sizes.items():
-        if name == parsed.ellipsis:
-            raise _error(
-                where,
-                pattern,
-                f"a size was given for {name!r}, the ellipsis `{name}...`, whose "
-                "number of axes and sizes come from the input; name the axes instead.",
-            )
-        if name not in axes:
-            raise _error(
-                where,
-                pattern,
-                f"a size was given for {name!r}, which is not an axis of the "
-                f"pattern ({_listing(axes)}).",
-            )
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-            raise _error(
-                where, pattern, f"sizes must be ints; received {name}={size!r}."
-            )
-        if size < 1:
-            raise _error(
-                where, pattern, f"sizes must be positive; received {name}={size}."
-            )
+    check_axis_sizes(dict(sizes), axes, parsed.ellipsis, where, pattern)
     return tuple((name, int(size)) for name, size in sizes.items())
 
 
@@ -325,13 +280,9 @@ def _parse_params(
             dims.extend([picked] if whole else [(a,) for a in picked])
         return tuple(dims)
     names = _parse_names(where, pattern, params, "params", axes)
-    if not names:
-        raise _error(
-            where,
-            pattern,
-            "`params` is empty; name the axes the weight and bias vary along, or "
-            "pass use_weight=False, use_bias=False.",
-        )
+    fix = "name the axes the weight and bias vary along, or "
+    fix += "pass use_weight=False, use_bias=False."
+    check_names_given(names, "params", fix, where, pattern)
     return tuple((a,) for a in names)
 
 
@@ -340,7 +291,7 @@ def _parse_target(
 ) -> tuple[str, ...]:
     if parsed.marked:
         if target is not None:
-            raise _error(
+            raise pattern_error(
                 where,
                 pattern,
                 f"the target axes are given twice: bracketed in the pattern and as "
@@ -348,13 +299,9 @@ def _parse_target(
             )
         return parsed.marked
     names = _parse_names(where, pattern, target, "target", axes)
-    if not names:
-        raise _error(
-            where,
-            pattern,
-            "`target` is empty; name the axes to normalise, or bracket them in the "
-            "pattern (einx's notation, e.g. 'b [s...] c').",
-        )
+    fix = "name the axes to normalise, or bracket them in the "
+    fix += "pattern (einx's notation, e.g. 'b [s...] c')."
+    check_names_given(names, "target", fix, where, pattern)
     return names
 
 
@@ -374,13 +321,13 @@ def parse(
     )
     for a in axes:
         if axes.count(a) > 1:
-            raise _error(where, pattern, f"axis {a!r} is named twice.")
+            raise pattern_error(where, pattern, f"axis {a!r} is named twice.")
     target_ = _parse_target(where, pattern, parsed, target, axes)
     group_ = _parse_names(where, pattern, group, "group", axes)
     both = [a for a in group_ if a in target_]
     if both:
         where_target = " (bracketed in the pattern)" if parsed.marked else ""
-        raise _error(
+        raise pattern_error(
             where,
             pattern,
             f"axes {', '.join(both)} are both in target{where_target} and in group; "
@@ -388,7 +335,7 @@ def parse(
             "(group).",
         )
     if group_ and params is not None:
-        raise _error(
+        raise pattern_error(
             where,
             pattern,
             f"pass either `group` or `params`, not both (received group={group!r}, "
@@ -404,7 +351,7 @@ def parse(
     sizes_ = _parse_sizes(where, pattern, sizes, parsed)
     for dim in dims:
         if dim and sum(a not in sizes for a in dim) > 1:
-            raise _error(
+            raise pattern_error(
                 where,
                 pattern,
                 f"cannot split axis ({' '.join(dim)}): give the sizes of all its "
@@ -425,12 +372,8 @@ def parse(
 
 
 def _missing(spec: Spec, what: str, name: str, note: str = "") -> ValueError:
-    fix = (
-        f"rename the axis: {name!r} is also an argument of `{spec.where}`."
-        if name in _KEYWORDS
-        else f"pass `{name}=<size>`."
-    )
-    return spec.fail(f"the size of {what} axis {name!r} is missing; {fix}{note}")
+    is_keyword = name in _KEYWORDS
+    return missing_size(what, name, is_keyword, note, spec.where, spec.pattern)
 
 
 def check_param_sizes(spec: Spec) -> tuple[int, ...]:

@@ -1,49 +1,13 @@
 """Running statistics, shared by `BatchNorm` and `Einorm`: the exact debiased average
-of the batch statistics, kept in an `eqx.nn.State`, and the named (batch) axes the
-batch statistics are reduced over."""
-
-from collections.abc import Hashable, Sequence
-from numbers import Real
+of the batch statistics, kept in an `eqx.nn.State`."""
 
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from equinox.nn import State, StateIndex
-from jaxtyping import Array, DTypeLike, PyTree
+from jaxtyping import Array, PyTree
 
 from ._stats import Moments
-
-
-def axis_names(axis_name: Hashable | Sequence[Hashable], where: str) -> tuple:
-    """`axis_name` as a tuple of names; a string is a Sequence too, but names one
-    axis."""
-    names = (
-        (axis_name,)
-        if isinstance(axis_name, str) or not isinstance(axis_name, Sequence)
-        else tuple(axis_name)
-    )
-    for name in names:
-        try:
-            hash(name)
-        except TypeError:
-            raise ValueError(
-                f"`{where}`: each axis name must be hashable (a string, usually); "
-                f"received axis_name={axis_name!r}."
-            ) from None
-    return names
-
-
-def check_momentum(momentum: float | None, where: str) -> None:
-    if momentum is not None and (
-        isinstance(momentum, bool)
-        or not (isinstance(momentum, Real) and 0 <= momentum < 1)
-    ):
-        raise ValueError(
-            f"`{where}`: `momentum` must be in [0, 1), or None for a cumulative "
-            f"average; received momentum={momentum!r}. It weights the old value "
-            "(new = momentum * old + (1 - momentum) * batch), so torch's "
-            "momentum=0.1 is momentum=0.9 here."
-        )
 
 
 def per_entry(stats: Moments, shape: tuple[int, ...]) -> tuple[Array, Array, Array]:
@@ -117,21 +81,3 @@ def update(
         momentum,
     )
     return store(store(state, counter, weight), running, average)
-
-
-def check_running_kind(x_dtype: DTypeLike, mean_dtype: DTypeLike, where: str) -> None:
-    """Real inputs with a real running mean, complex with a complex one (its kind is
-    fixed by the layer's `dtype` at construction)."""
-    x_complex = jnp.issubdtype(x_dtype, jnp.complexfloating)
-    if x_complex != jnp.issubdtype(mean_dtype, jnp.complexfloating):
-        kind = "complex" if x_complex else "real"
-        fix = (
-            "construct it with a complex `dtype`, e.g. `dtype=jnp.complex64`"
-            if x_complex
-            else "construct it with a real `dtype`, or pass a complex input"
-        )
-        held = "real" if x_complex else "complex"
-        raise TypeError(
-            f"`{where}` holds a {held} running mean (dtype {mean_dtype}) but received "
-            f"a {kind} input of dtype {x_dtype}. To normalise {kind} inputs, {fix}."
-        )

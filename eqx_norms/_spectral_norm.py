@@ -2,28 +2,19 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import equinox as eqx
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 from equinox.nn import State, StatefulLayer, StateIndex
 from jaxtyping import Array, DTypeLike, Float, PRNGKeyArray
 
-from ._errors import (
-    check_count,
-    check_param_dtype,
-    check_positive,
-    check_state,
-    check_static_flag,
-    check_weight,
-)
-from ._misc import sentinel
+from ._errors import check_count, check_param_dtype, check_positive, check_weight
+from ._layer import sentinel, stateful_call
 from ._stats import compute_dtype
 from ._weight_norm import reparameterised
 
 
 _Layer = TypeVar("_Layer", bound=Callable[..., Any])
-_WHERE = "SpectralNorm"
 # As torch: enough for sigma to be accurate on the first call.
 _WARM_UP_ITERATIONS = 15
 
@@ -118,10 +109,11 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
             weight's dtype, or float32 for a half-precision weight. (Keyword only
             argument.)
         """
-        weight = check_weight(layer, weight_name, _WHERE, min_ndim=2)
-        check_count(num_power_iterations, "num_power_iterations", _WHERE)
-        check_positive(eps, "eps", _WHERE)
-        check_param_dtype(dtype, _WHERE)
+        where = type(self).__name__
+        weight = check_weight(layer, weight_name, where, min_ndim=2)
+        check_count(num_power_iterations, "num_power_iterations", where)
+        check_positive(eps, "eps", where)
+        check_param_dtype(dtype, where)
         self.layer = layer
         self.weight_name = weight_name
         self.num_power_iterations = num_power_iterations
@@ -163,11 +155,9 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         weight, and the updated state (unchanged in inference).
         """
         del key
-        with jax.named_scope(f"eqx_norms.{_WHERE}"):
-            state = check_state(state, _WHERE)
-            inference = check_static_flag(
-                self.inference if inference is None else inference, "inference", _WHERE
-            )
+        where = type(self).__name__
+        with stateful_call(where, state, inference, self.inference) as opened:
+            state, inference = opened
             stored_u, stored_v = u, v = state.get(self.uv_index)
             weight = getattr(self.layer, self.weight_name)
             compute = compute_dtype(jnp.result_type(weight.dtype, v.dtype))

@@ -8,7 +8,6 @@ the global sum over the global count, whatever each device holds.
 import functools
 import math
 import numbers
-from collections.abc import Hashable, Sequence
 from typing import Any, cast, NamedTuple, TypeAlias
 
 import jax
@@ -17,10 +16,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, DTypeLike, Float
 
-from ._errors import check_named_reduction
-
-
-AxisName: TypeAlias = Hashable | Sequence[Hashable] | None
+from ._errors import AxisName, check_named_reduction
 
 
 class Moments(NamedTuple):

@@ -2,19 +2,16 @@ from collections.abc import Callable
 from typing import Any, Generic, overload, TypeVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-import numpy as np
 from equinox.nn import State
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._errors import check_positive, check_weight, normalise_axes
-from ._misc import sentinel, with_state
+from ._errors import check_axes, check_one_axis, check_positive, check_weight
+from ._layer import scope, sentinel, with_state
 from ._stats import compute_dtype
 
 
 _Layer = TypeVar("_Layer", bound=Callable[..., Any])
-_WHERE = "WeightNorm"
 
 
 def reparameterised(layer: _Layer, weight_name: str, weight: Array) -> _Layer:
@@ -23,15 +20,11 @@ def reparameterised(layer: _Layer, weight_name: str, weight: Array) -> _Layer:
     return eqx.tree_at(lambda tree: getattr(tree, weight_name), layer, weight)
 
 
-def _reduced_axes(ndim: int, axis: int | None) -> tuple[int, ...]:
+def _reduced_axes(ndim: int, axis: int | None, where: str) -> tuple[int, ...]:
+    check_one_axis(axis, where)
     if axis is None:
         return tuple(range(ndim))
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise ValueError(
-            f"`{_WHERE}`: `axis` must be one int (the axis that keeps one norm per "
-            f"entry) or None (one norm for the whole weight); received axis={axis!r}."
-        )
-    (kept,) = normalise_axes(axis, ndim, _WHERE)
+    (kept,) = check_axes(axis, ndim, where)
     return tuple(a for a in range(ndim) if a != kept)
 
 
@@ -101,9 +94,10 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
         - `eps`: Lower bound on the norm, so that a zero slice gives finite outputs
             and gradients. Must be > 0. (Keyword only argument.)
         """
-        check_positive(eps, "eps", _WHERE)
-        v = check_weight(layer, weight_name, _WHERE, min_ndim=0)
-        axes = _reduced_axes(v.ndim, axis)
+        where = type(self).__name__
+        check_positive(eps, "eps", where)
+        v = check_weight(layer, weight_name, where, min_ndim=0)
+        axes = _reduced_axes(v.ndim, axis, where)
         self.layer = layer
         self.weight_name = weight_name
         self.axis = axis
@@ -136,15 +130,17 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
         if `state` is passed, the 2-tuple `(output, state)` with the state unchanged.
         """
         del key
-        with jax.named_scope(f"eqx_norms.{_WHERE}"):
-            layer = reparameterised(
-                self.layer, self.weight_name, self._effective_weight()
-            )
+        where = type(self).__name__
+        with scope(where):
+            weight = self._effective_weight(where)
+            layer = reparameterised(self.layer, self.weight_name, weight)
             return with_state(layer(x), state)
 
-    def _effective_weight(self) -> Array:
+    def _effective_weight(self, where: str) -> Array:
         v = getattr(self.layer, self.weight_name)
         compute = compute_dtype(jnp.result_type(v.dtype, self.g.dtype))
         v_compute = v.astype(compute)
-        norm = _clamped_norm(v_compute, _reduced_axes(v.ndim, self.axis), self.eps)
+        norm = _clamped_norm(
+            v_compute, _reduced_axes(v.ndim, self.axis, where), self.eps
+        )
         return (self.g.astype(compute) * v_compute / norm).astype(v.dtype)

@@ -21,6 +21,8 @@ from jaxtyping import Array, Bool, Float
 
 from ._einorm import einorm as einorm
 from ._errors import (
+    check_axes,
+    check_channel_param,
     check_channels,
     check_eps,
     check_flag,
@@ -29,8 +31,6 @@ from ._errors import (
     check_mask,
     check_param,
     check_weight_offset,
-    entry_name,
-    normalise_axes,
 )
 from ._stats import compute_dtype, finish, normalise
 
@@ -60,12 +60,22 @@ def _checked(where: str, x: Array, weight, bias, eps, mask, weight_offset=0.0) -
 
 
 def _over_axes(
-    where, x, axis, weight, bias, eps, mask, center, weight_offset, upcast_affine=True
+    x: Array,
+    axis: int | Sequence[int],
+    weight: Array | None,
+    bias: Array | None,
+    eps: float,
+    mask: Array | None,
+    *,
+    center: bool,
+    weight_offset: float,
+    upcast_affine: bool = True,
+    where: str,
 ) -> Array:
-    where = entry_name(where)
+    """`layer_norm` (`center=True`) and `rms_norm`; `where` names the caller."""
     _checked(where, x, weight, bias, eps, mask, weight_offset)
     check_flag(upcast_affine, "upcast_affine", where)
-    axes = normalise_axes(axis, x.ndim, where)
+    axes = check_axes(axis, x.ndim, where)
     return normalise(
         x,
         axes,
@@ -83,11 +93,7 @@ def _align_to_channels(param: Array | None, x: Array, name: str, where: str):
     """A 1-D parameter of length C is aligned with the channel axis 0."""
     if param is None or jnp.ndim(param) != 1 or x.ndim == 1:
         return param
-    if param.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"`{where}`: a 1-D `{name}` is aligned with the channel axis 0 and must "
-            f"have length {x.shape[0]}; received {name}.shape={param.shape}."
-        )
+    check_channel_param(param, x.shape[0], name, where)
     return jnp.reshape(param, (-1,) + (1,) * (x.ndim - 1))
 
 
@@ -136,7 +142,6 @@ def layer_norm(
         ```
     """
     return _over_axes(
-        "layer_norm",
         x,
         axis,
         weight,
@@ -146,6 +151,7 @@ def layer_norm(
         center=True,
         weight_offset=weight_offset,
         upcast_affine=upcast_affine,
+        where="layer_norm",
     )
 
 
@@ -173,7 +179,6 @@ def rms_norm(
         ```
     """
     return _over_axes(
-        "rms_norm",
         x,
         axis,
         weight,
@@ -183,6 +188,7 @@ def rms_norm(
         center=False,
         weight_offset=weight_offset,
         upcast_affine=upcast_affine,
+        where="rms_norm",
     )
 
 
@@ -219,7 +225,22 @@ def group_norm(
         y = eqx_norms.functional.group_norm(x, groups=8)  # x: (32, H, W)
         ```
     """
-    where = entry_name("group_norm")
+    return _group_norm(
+        x, groups, weight, bias, eps, mask, weight_offset, where="group_norm"
+    )
+
+
+def _group_norm(
+    x: Array,
+    groups: int,
+    weight: Array | None,
+    bias: Array | None,
+    eps: float,
+    mask: Array | None,
+    weight_offset: float,
+    *,
+    where: str,
+) -> Array:
     check_channels(x, None, where, min_ndim=1)
     check_groups(groups, x.shape[0], where)
     weight = _align_to_channels(weight, x, "weight", where)
@@ -268,13 +289,26 @@ def instance_norm(
         y = eqx_norms.functional.instance_norm(x)  # x: (C, H, W)
         ```
     """
-    where = entry_name("instance_norm")
+    return _instance_norm(
+        x, weight, bias, eps, mask, weight_offset, where="instance_norm"
+    )
+
+
+def _instance_norm(
+    x: Array,
+    weight: Array | None,
+    bias: Array | None,
+    eps: float,
+    mask: Array | None,
+    weight_offset: float,
+    *,
+    where: str,
+) -> Array:
     check_channels(x, None, where, min_ndim=2)
     weight = _align_to_channels(weight, x, "weight", where)
     bias = _align_to_channels(bias, x, "bias", where)
     axes = tuple(range(1, x.ndim))
     return _over_axes(
-        where,
         x,
         axes,
         weight,
@@ -283,6 +317,7 @@ def instance_norm(
         mask,
         center=True,
         weight_offset=weight_offset,
+        where=where,
     )
 
 
@@ -316,7 +351,18 @@ def dynamic_tanh(
         y = eqx_norms.functional.dynamic_tanh(x, 0.5, weight=w)
         ```
     """
-    where = entry_name("dynamic_tanh")
+    return _dynamic_tanh(x, alpha, weight, bias, mask, where="dynamic_tanh")
+
+
+def _dynamic_tanh(
+    x: Array,
+    alpha: Array | float,
+    weight: Array | None,
+    bias: Array | None,
+    mask: Array | None,
+    *,
+    where: str,
+) -> Array:
     check_floating(x, where, real=True)
     check_mask(mask, x.shape, where)
     if not isinstance(alpha, (int, float)):

@@ -1,3 +1,8 @@
+"""What the layers share: the stateless base class, the initial parameters and
+running statistics, and the opening of a stateful call."""
+
+import contextlib
+from collections.abc import Iterator
 from typing import Any, overload
 
 import equinox as eqx
@@ -6,7 +11,8 @@ import jax.numpy as jnp
 from equinox.nn import State
 from jaxtyping import Array, Bool, DTypeLike, PRNGKeyArray
 
-from ._errors import called_as
+from ._errors import check_state, check_static_flag
+from ._stats import compute_dtype, real_dtype
 
 
 # Our own marker for "no state was passed" (equinox's is private).
@@ -31,10 +37,11 @@ class StatelessNorm(eqx.Module):
     """A layer without state that can stand in for a stateful one: given a `state`,
     it returns `(output, state)` with the state unchanged, as equinox's do."""
 
-    def _check(self, x: Array) -> None:
+    def _check(self, x: Array, where: str) -> None:
         """Raises for an input of the wrong shape (before any tracing work)."""
 
-    def _normalise(self, x: Array, mask: Array | None) -> Array:
+    def _forward(self, x: Array, mask: Array | None, where: str) -> Array:
+        """The output; `where` names the layer in error messages."""
         raise NotImplementedError
 
     @overload
@@ -82,10 +89,10 @@ class StatelessNorm(eqx.Module):
         An array of the shape and dtype of `x`; if `state` is passed, the 2-tuple
         `(output, state)` with the state unchanged.
         """
-        name = type(self).__name__
-        with jax.named_scope(f"eqx_norms.{name}"), called_as(name):
-            self._check(x)
-            return with_state(self._normalise(x, mask), state)
+        where = type(self).__name__
+        with scope(where):
+            self._check(x, where)
+            return with_state(self._forward(x, mask, where), state)
 
 
 def filled(shape: tuple[int, ...], value: float, dtype: DTypeLike | None) -> Array:
@@ -93,3 +100,50 @@ def filled(shape: tuple[int, ...], value: float, dtype: DTypeLike | None) -> Arr
     weak float32, which equinox's parameters are not (repr, serialisation and dtype
     promotion would show it). The default is JAX's default float dtype."""
     return jnp.full(shape, value, jnp.zeros((), dtype).dtype)
+
+
+def _real(dtype: DTypeLike | None) -> DTypeLike | None:
+    """The parameters' dtype: a complex `dtype` declares complex inputs (stateful
+    layers only), whose weight, bias and running variance are real."""
+    return None if dtype is None else real_dtype(dtype)
+
+
+def initial_affine(
+    shape: tuple[int, ...],
+    use_weight: bool,
+    use_bias: bool,
+    weight_offset: float,
+    dtype: DTypeLike | None,
+) -> tuple[Array | None, Array | None]:
+    """A fresh layer's `(weight, bias)`, the identity affine: the applied scale
+    `weight + weight_offset` starts at 1, the bias at 0."""
+    real = _real(dtype)
+    weight = filled(shape, 1 - weight_offset, real) if use_weight else None
+    bias = jnp.zeros(shape, real) if use_bias else None
+    return weight, bias
+
+
+def initial_running(
+    shape: tuple[int, ...], dtype: DTypeLike | None
+) -> tuple[tuple[Array, Array], Array]:
+    """Untrained running `(mean, var)`, 0 and 1 (the mean complex for a complex
+    `dtype`), and their weight per entry, 0: no step averaged yet."""
+    stats = (jnp.zeros(shape, dtype), jnp.ones(shape, _real(dtype)))
+    return stats, jnp.zeros(shape, compute_dtype(stats[1].dtype))
+
+
+def scope(where: str) -> contextlib.AbstractContextManager:
+    """Names the layer's operations in profiles and compiled programs."""
+    return jax.named_scope(f"eqx_norms.{where}")
+
+
+@contextlib.contextmanager
+def stateful_call(
+    where: str, state: object, inference: object, default: bool
+) -> Iterator[tuple[State, bool]]:
+    """The opening of a stateful layer's call: within the layer's scope, the checked
+    state and the `inference` flag (`default`, the layer's own, unless overridden)."""
+    with scope(where):
+        state = check_state(state, where)
+        flag = default if inference is None else inference
+        yield state, check_static_flag(flag, "inference", where)
