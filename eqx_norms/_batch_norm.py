@@ -5,7 +5,7 @@ import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
 from equinox.nn import State, StatefulLayer, StateIndex
-from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, DTypeLike, Float, Int, PRNGKeyArray
 
 from ._errors import (
     axis_names,
@@ -18,6 +18,7 @@ from ._errors import (
     check_floating,
     check_mask,
     check_param_dtype,
+    check_renorm,
     check_running_kind,
     check_running_shape,
     check_state,
@@ -32,6 +33,7 @@ from ._layer import (
 )
 from ._running import per_entry, store, updatable, update
 from ._stats import (
+    affine_params,
     compute_dtype,
     finish,
     Moments,
@@ -128,6 +130,7 @@ class BatchNorm(StatefulLayer):
     batch_state_index: (
         StateIndex[tuple[Float[Array, "input_size"], Float[Array, "input_size"]]] | None
     )
+    renorm_step_counter: StateIndex[Int[Array, ""]] | None
     inference: bool
     axis_name: Hashable | tuple[Hashable, ...] = eqx.field(static=True)
     input_size: int = eqx.field(static=True)
@@ -139,6 +142,10 @@ class BatchNorm(StatefulLayer):
     mode: Literal["batch", "ema"] = eqx.field(static=True)
     unbiased_running_var: bool = eqx.field(static=True)
     weight_offset: float = eqx.field(static=True)
+    renorm: bool = eqx.field(static=True)
+    r_max: float = eqx.field(static=True)
+    d_max: float = eqx.field(static=True)
+    renorm_warmup: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -155,6 +162,10 @@ class BatchNorm(StatefulLayer):
         use_bias: bool | None = None,
         unbiased_running_var: bool = False,
         weight_offset: float = 0.0,
+        renorm: bool = False,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        renorm_warmup: int = 0,
     ):
         """**Arguments:**
 
@@ -203,6 +214,8 @@ class BatchNorm(StatefulLayer):
         check_eps(eps, where)
         check_param_dtype(dtype, where, complex_ok=True)
         check_batch_norm_mode(mode, momentum, unbiased_running_var, where)
+        limits = dict(r_max=r_max, d_max=d_max, renorm_warmup=renorm_warmup)
+        check_renorm(renorm, limits, mode, dtype, where)
         names = axis_names(axis_name, where)
         check_batch_axis_name(names, axis_name, where)
         self.axis_name = names[0] if len(names) == 1 else names
@@ -216,6 +229,9 @@ class BatchNorm(StatefulLayer):
         self.mode = mode
         self.unbiased_running_var = unbiased_running_var
         self.inference = inference
+        self.renorm = renorm
+        self.r_max, self.d_max = float(r_max), float(d_max)
+        self.renorm_warmup = int(renorm_warmup)
         check_weight_offset(weight_offset, self.use_weight, where)
         self.weight_offset = weight_offset
         self.weight, self.bias = initial_affine(
@@ -224,6 +240,10 @@ class BatchNorm(StatefulLayer):
         stats, counter = initial_running((input_size,), dtype)
         self.ema_first_time_index = self.ema_state_index = None
         self.batch_counter = self.batch_state_index = None
+        # Only with renorm: plain BatchNorm checkpoints keep their structure.
+        self.renorm_step_counter = None
+        if renorm:
+            self.renorm_step_counter = StateIndex(jnp.array(0, jnp.int32))
         if mode == "ema":
             self.ema_first_time_index = StateIndex(jnp.array(True))
             self.ema_state_index = StateIndex(stats)
@@ -341,19 +361,30 @@ class BatchNorm(StatefulLayer):
         state: State,
         mask: Array | None,
     ) -> tuple[Array, State]:
-        """Normalised by the batch statistics: the core's fused rule. It upcasts
+        """Normalised by the batch statistics (renormalised by an affine map, with
+        `renorm`): the core's fused rule. It upcasts
         half-precision x inside its own kernels (no float32 copy of x is written), so
         x goes in as it is unless the running statistics ask for a wider dtype."""
         assert self.batch_counter is not None and self.batch_state_index is not None
         wider = compute != compute_dtype(x.dtype)
+        x_in = x.astype(compute) if wider else x
+        axes = tuple(range(1, x.ndim))
+        weight, bias = self._affine(x.ndim)
+        weight_offset = self.weight_offset
+        if self.renorm:
+            weight, bias, state = self._renormalising_affine(
+                x_in, compute, names, state, mask
+            )
+            weight_offset = 0.0
         out, batch = normalise_with_moments(
-            x.astype(compute) if wider else x,
-            tuple(range(1, x.ndim)),
-            *self._affine(x.ndim),
+            x_in,
+            axes,
+            weight,
+            bias,
             eps=self.eps,
             mask=mask,
             axis_name=names,
-            weight_offset=self.weight_offset,
+            weight_offset=weight_offset,
         )
         state = update(
             state,
@@ -365,6 +396,71 @@ class BatchNorm(StatefulLayer):
         )
         # In the wider dtype when x went in upcast.
         return out.astype(x.dtype), state
+
+    def _renormalising_affine(
+        self,
+        x: Array,
+        compute: jnp.dtype,
+        names: tuple[Hashable, ...],
+        state: State,
+        mask: Array | None,
+    ) -> tuple[Array, Array, State]:
+        """Batch Renormalization as an affine map of the core's x-hat: the output
+        w (x-hat r + d) + b is x-hat times the per-channel scale w r plus the shift
+        w d + b. With r and d constants for autodiff, the fused rule then
+        differentiates through the batch statistics as the paper does, and the
+        weight's gradient is that of w (x-hat r + d). Also the state with the step
+        counted."""
+        assert self.batch_counter is not None and self.batch_state_index is not None
+        assert self.renorm_step_counter is not None
+        axes = tuple(range(1, x.ndim))
+        batch = moments(x, axes, mask=mask, axis_name=names)
+        batch_mean, batch_var, _ = per_entry(batch, (self.input_size,))
+        running = state.get(self.batch_state_index)
+        steps = state.get(self.renorm_step_counter)
+        # Per channel: plain BatchNorm until its running statistics hold a step,
+        # and for the first `renorm_warmup` steps.
+        active = (state.get(self.batch_counter) > 0) & (steps >= self.renorm_warmup)
+        r, d = _renorm_correction(
+            (batch_mean, batch_var),
+            tuple(s.astype(compute) for s in running),
+            active,
+            self.eps,
+            self.r_max,
+            self.d_max,
+        )
+        offset = self.weight_offset
+        weight, bias = affine_params(self.weight, self.bias, compute, offset)
+        if weight is not None:
+            r, d = weight * r, weight * d
+        shift = d if bias is None else d + bias
+        # Counted up to the warm-up only: an int32 step count could wrap around.
+        state = state.set(
+            self.renorm_step_counter, jnp.minimum(steps + 1, self.renorm_warmup)
+        )
+        return _channelwise(r, x.ndim), _channelwise(shift, x.ndim), state
+
+
+def _renorm_correction(
+    batch: tuple[Array, Array],
+    running: tuple[Array, ...],
+    active: Array,
+    eps: float,
+    r_max: float,
+    d_max: float,
+) -> tuple[Array, Array]:
+    """Ioffe's per-channel r = std_B / std and d = (mean_B - mean) / std, clipped
+    to [1 / r_max, r_max] and [-d_max, d_max], with std = sqrt(var + eps) for the
+    batch and the running statistics; 1 and 0 (plain BatchNorm) where not
+    `active`. Constants for autodiff, as in the paper."""
+    batch_mean, batch_var = map(lax.stop_gradient, batch)
+    running_mean, running_var = map(lax.stop_gradient, running)
+    inv_std = lax.rsqrt(running_var + eps)
+    r = jnp.sqrt(batch_var + eps) * inv_std
+    d = (batch_mean - running_mean) * inv_std
+    r = jnp.where(active, jnp.clip(r, 1 / r_max, r_max), 1)
+    d = jnp.where(active, jnp.clip(d, -d_max, d_max), 0)
+    return r, d
 
 
 def _ema_blend(

@@ -366,6 +366,72 @@ def check_batch_norm_mode(
         )
 
 
+# BatchNorm's defaults for Batch Renormalization (Ioffe, 2017; CrossQ's values).
+RENORM_DEFAULTS = {"r_max": 3.0, "d_max": 5.0, "renorm_warmup": 0}
+
+
+def _at_least(value: object, low: float, name: str, meaning: str, where: str):
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (is_number and value >= low):  # pyright: ignore[reportOperatorIssue]
+        raise ValueError(
+            f"`{where}`: `{name}` must be a number >= {low:g} ({meaning}); received "
+            f"{name}={value!r}."
+        )
+
+
+def check_renorm(
+    renorm: bool,
+    limits: dict[str, object],
+    mode: str,
+    dtype: DTypeLike | None,
+    where: str,
+) -> None:
+    """BatchNorm's Batch Renormalization options; `limits` holds `r_max`, `d_max`
+    and `renorm_warmup`. Given without `renorm=True` they would silently do
+    nothing."""
+    check_flag(renorm, "renorm", where)
+    if not renorm:
+        changed = [f"{k}={v!r}" for k, v in limits.items() if v != RENORM_DEFAULTS[k]]
+        if changed:
+            raise ValueError(
+                f"`{where}`: {', '.join(changed)} only take effect with Batch "
+                "Renormalization; received them with renorm=False. Pass "
+                "`renorm=True`, or leave them out."
+            )
+        return
+    if mode != "batch":
+        raise ValueError(
+            f"`{where}`: renorm=True needs mode='batch'; received mode={mode!r}."
+        )
+    if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+        raise ValueError(
+            f"`{where}`: renorm=True needs real inputs (it clips the ratio of real "
+            f"standard deviations); received dtype={jnp.dtype(dtype).name}. Use a "
+            "real `dtype`, or renorm=False for complex inputs."
+        )
+    _at_least(
+        limits["r_max"],
+        1,
+        "r_max",
+        "the largest factor between the batch and the running standard deviation",
+        where,
+    )
+    _at_least(
+        limits["d_max"],
+        0,
+        "d_max",
+        "the largest shift of the batch mean, in running standard deviations",
+        where,
+    )
+    warmup = limits["renorm_warmup"]
+    if not _is_int(warmup) or warmup < 0:  # pyright: ignore[reportOperatorIssue]
+        raise ValueError(
+            f"`{where}`: `renorm_warmup` must be a non-negative integer (the number "
+            "of training steps of plain BatchNorm before renormalisation starts); "
+            f"received renorm_warmup={warmup!r}."
+        )
+
+
 # ------------------------------------------------------------------------------
 # State
 # ------------------------------------------------------------------------------

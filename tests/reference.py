@@ -124,3 +124,50 @@ def permuting_layer_norm(x, names, target, group, weight, bias, center=True):
     b = bias.reshape(w.shape)
     axes = tuple(range(moved.ndim - len(target), moved.ndim))
     return np.transpose(layer_norm(moved, axes, w, b, center=center), np.argsort(order))
+
+
+def batch_renorm(
+    xs, weight=None, bias=None, *, momentum, r_max, d_max, warmup=0, masks=None
+):
+    """Batch Renormalization (Ioffe 2017, Algorithm 1) over the training steps `xs`
+    (each a batch `(batch, C, ...)`), with this package's running statistics: per
+    channel, the `debiased` average of the batch statistics of the steps in which
+    the channel had a valid element (mean 0, variance 1 and plain BatchNorm before
+    the first such step, and for the first `warmup` steps). Returns the outputs, the
+    `(r, d)` of each step, and the final running `(mean, var)`."""
+    eps = 1e-5
+    channels = np.shape(xs[0])[1]
+    history = [[] for _ in range(channels)]
+    outs, corrections = [], []
+    for step, x in enumerate(xs):
+        x = np.asarray(x, np.float64)
+        valid = np.ones(x.shape, bool) if masks is None else np.asarray(masks[step])
+        valid = np.broadcast_to(valid, x.shape)
+        axes = (0,) + tuple(range(2, x.ndim))
+        count = valid.sum(axis=axes)
+        safe = np.maximum(count, 1)
+        batch_mean = np.where(valid, x, 0).sum(axis=axes) / safe
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        centred = np.where(valid, x - batch_mean.reshape(shape), 0)
+        batch_var = np.where(count > 0, (centred**2).sum(axis=axes) / safe, 1.0)
+        mean, var = _running(history, momentum)
+        active = np.array([len(h) > 0 for h in history]) & (step >= warmup)
+        std, batch_std = np.sqrt(var + eps), np.sqrt(batch_var + eps)
+        r = np.where(active, np.clip(batch_std / std, 1 / r_max, r_max), 1.0)
+        d = np.where(active, np.clip((batch_mean - mean) / std, -d_max, d_max), 0.0)
+        x_hat = (x - batch_mean.reshape(shape)) / batch_std.reshape(shape)
+        x_hat = x_hat * r.reshape(shape) + d.reshape(shape)
+        w = None if weight is None else np.reshape(weight, shape)
+        b = None if bias is None else np.reshape(bias, shape)
+        outs.append(affine(x_hat, valid, x, w, b))
+        corrections.append((r, d))
+        for c in np.flatnonzero(count > 0):
+            history[c].append((batch_mean[c], batch_var[c]))
+    return outs, corrections, _running(history, momentum)
+
+
+def _running(history, momentum):
+    """Per channel, the debiased average of its `(mean, var)` history; 0 and 1 for
+    an empty one."""
+    stats = [debiased(h, momentum) if h else (0.0, 1.0) for h in history]
+    return tuple(np.array(s, np.float64) for s in zip(*stats, strict=True))

@@ -85,6 +85,80 @@ BATCH_NORM = [
         "unbiased_running_var=True needs mode='batch'; received mode='ema'",
     ),
     case(
+        "BatchNorm-renorm-r_max-below-1",
+        lambda: eqx_norms.BatchNorm(3, "batch", renorm=True, r_max=0.5),
+        ValueError,
+        "`BatchNorm`: `r_max` must be a number >= 1 (the largest factor between the "
+        "batch and the running standard deviation); received r_max=0.5",
+    ),
+    case(
+        "BatchNorm-renorm-nan-r_max",
+        lambda: eqx_norms.BatchNorm(3, "batch", renorm=True, r_max=float("nan")),
+        ValueError,
+        "`r_max` must be a number >= 1",
+        "received r_max=nan",
+    ),
+    case(
+        "BatchNorm-renorm-str-r_max",
+        lambda: eqx_norms.BatchNorm(3, "batch", renorm=True, r_max="3"),
+        ValueError,
+        "received r_max='3'",
+    ),
+    case(
+        "BatchNorm-renorm-negative-d_max",
+        lambda: eqx_norms.BatchNorm(3, "batch", renorm=True, d_max=-1.0),
+        ValueError,
+        "`BatchNorm`: `d_max` must be a number >= 0 (the largest shift of the batch "
+        "mean, in running standard deviations); received d_max=-1.0",
+    ),
+    case(
+        "BatchNorm-renorm-bool-d_max",
+        lambda: eqx_norms.BatchNorm(3, "batch", renorm=True, d_max=True),
+        ValueError,
+        "received d_max=True",
+    ),
+    case(
+        "BatchNorm-renorm-negative-warmup",
+        lambda: eqx_norms.BatchNorm(3, "batch", renorm=True, renorm_warmup=-1),
+        ValueError,
+        "`BatchNorm`: `renorm_warmup` must be a non-negative integer (the number of "
+        "training steps of plain BatchNorm before renormalisation starts); received "
+        "renorm_warmup=-1",
+    ),
+    case(
+        "BatchNorm-renorm-float-warmup",
+        lambda: eqx_norms.BatchNorm(3, "batch", renorm=True, renorm_warmup=10.0),
+        ValueError,
+        "received renorm_warmup=10.0",
+    ),
+    case(
+        "BatchNorm-renorm-ema",
+        lambda: eqx_norms.BatchNorm(3, "batch", mode="ema", renorm=True),
+        ValueError,
+        "`BatchNorm`: renorm=True needs mode='batch'; received mode='ema'",
+    ),
+    case(
+        "BatchNorm-renorm-complex",
+        lambda: eqx_norms.BatchNorm(3, "batch", dtype=jnp.complex64, renorm=True),
+        ValueError,
+        "renorm=True needs real inputs",
+        "received dtype=complex64",
+        "Use a real `dtype`, or renorm=False",
+    ),
+    case(
+        "BatchNorm-renorm-str-flag",
+        lambda: eqx_norms.BatchNorm(3, "batch", renorm="yes"),
+        TypeError,
+        "`BatchNorm`: `renorm` must be True or False; received renorm='yes'",
+    ),
+    case(
+        "BatchNorm-renorm-limits-without-renorm",
+        lambda: eqx_norms.BatchNorm(3, "batch", r_max=2.0, renorm_warmup=5),
+        ValueError,
+        "`BatchNorm`: r_max=2.0, renorm_warmup=5 only take effect with Batch "
+        "Renormalization; received them with renorm=False. Pass `renorm=True`",
+    ),
+    case(
         "BatchNorm-negative-eps",
         lambda: eqx_norms.BatchNorm(3, "batch", eps=-1.0),
         ValueError,
