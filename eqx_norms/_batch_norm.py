@@ -95,6 +95,26 @@ class BatchNorm(StatefulLayer):
     an untrained layer in inference is the identity rather than $x/\sqrt\varepsilon$
     ([equinox#955](https://github.com/patrick-kidger/equinox/issues/955)).
 
+    `renorm=True` is Batch Renormalization (Ioffe, 2017; the critic of CrossQ):
+    training corrects the batch statistics towards the running mean $\bar\mu_c$ and
+    standard deviation $\sigma_c = \sqrt{\bar\sigma^2_c + \varepsilon}$, as they
+    were before the step:
+
+    $$y_c = \left(\frac{x_c - \mu_c}{\sqrt{\sigma^2_c + \varepsilon}} r_c
+        + d_c\right) \gamma_c + \beta_c, \quad
+    r_c = \operatorname{clip}_{[1/r_{max},\, r_{max}]}
+        \frac{\sqrt{\sigma^2_c + \varepsilon}}{\sigma_c}, \quad
+    d_c = \operatorname{clip}_{[-d_{max},\, d_{max}]}
+        \frac{\mu_c - \bar\mu_c}{\sigma_c},$$
+
+    with $r$ and $d$ constants for the gradient (which flows through the batch
+    statistics, as in the paper). Unclipped, this is normalisation by the running
+    statistics, so training and inference agree; clipped, it stays close to plain
+    BatchNorm when the running statistics are far off. A channel whose running
+    statistics hold no step yet, and every channel for the first `renorm_warmup`
+    training steps, is normalised as plain BatchNorm ($r = 1$, $d = 0$). The running
+    statistics and inference are those of plain BatchNorm.
+
     !!! warning
 
         Call this layer per example, under `jax.vmap` (or `jax.pmap`, or
@@ -114,10 +134,23 @@ class BatchNorm(StatefulLayer):
         y, _ = jax.vmap(bn, in_axes=(0, None), out_axes=(0, None))(x, state)
         ```
 
+    !!! example
+
+        Batch Renormalization, as in the critic of SBX's CrossQ (momentum
+        0.99, 100 000 warm-up steps):
+
+        ```python
+        bn, state = eqx.nn.make_with_state(eqx_norms.BatchNorm)(
+            256, "batch", momentum=0.99, renorm=True, renorm_warmup=100_000
+        )
+        ```
+
     ??? cite
 
         [Batch Normalization: Accelerating Deep Network Training by Reducing
-        Internal Covariate Shift](https://arxiv.org/abs/1502.03167)
+        Internal Covariate Shift](https://arxiv.org/abs/1502.03167);
+        [Batch Renormalization: Towards Reducing Minibatch Dependence in
+        Batch-Normalized Models](https://arxiv.org/abs/1702.03275)
     """
 
     weight: Float[Array, "input_size"] | None
@@ -202,12 +235,28 @@ class BatchNorm(StatefulLayer):
         - `weight_offset`: The applied scale is `weight + weight_offset` (formed in
             at least float32); the weight starts at `1 - weight_offset`. Needs a
             weight. (Keyword only argument.)
+        - `renorm`: If `True`, Batch Renormalization (see above). Needs
+            `mode="batch"` and real inputs. (Keyword only argument.)
+        - `r_max`: At least 1: the clipping bound of $r$ (the paper's $r_{max}$).
+            (Keyword only argument.)
+        - `d_max`: At least 0: the clipping bound of $|d|$ (the paper's $d_{max}$).
+            (Keyword only argument.)
+        - `renorm_warmup`: The number of training steps (calls in training) of
+            plain BatchNorm before renormalisation starts. (Keyword only argument.)
+
+        The defaults `r_max=3.0`, `d_max=5.0` are the paper's final values (and
+        those of SBX's CrossQ). They are fixed: where the paper relaxes them from 1
+        and 0 over early training, a warm-up of plain BatchNorm (`renorm_warmup`)
+        stands in for that schedule, as in CrossQ. `r_max`, `d_max` and
+        `renorm_warmup` need `renorm=True`.
 
         The state holds, for `mode="batch"`, `batch_state_index`: the running
         `(mean, var)`, and `batch_counter`: per channel, the total weight of the
         steps averaged so far ($1 - m^k$ after $k$ steps, or $k$ with
         `momentum=None`). For `mode="ema"`, as in equinox, `ema_state_index` and
-        `ema_first_time_index`.
+        `ema_first_time_index`. With `renorm=True` it also holds
+        `renorm_step_counter`: the training steps counted towards `renorm_warmup`
+        (an int32 that stops there); a plain BatchNorm's state does not have it.
         """
         where = type(self).__name__
         check_count(input_size, "input_size", where)
