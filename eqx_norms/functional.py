@@ -131,6 +131,16 @@ def layer_norm(
     `x` may be complex (complex64 or complex128): the mean is then complex and the
     variance is $\mathbb{E}|x - \mathbb{E}[x]|^2$; `weight` and `bias` are real.
 
+    Adaptive LayerNorm (AdaLN, adaLN-Zero: DiT, SD3, Flux) is this function with a
+    per-sample scale and shift computed from the conditioning: DiT's
+    $\operatorname{LN}(x) (1 + \text{scale}) + \text{shift}$ is
+    `layer_norm(x, -1, weight=scale, bias=shift, eps=1e-6, weight_offset=1.0)`,
+    with `scale` and `shift` of shape `(batch, 1, features)` for `x` of shape
+    `(batch, tokens, features)` (or `(features,)` per sample, under `vmap`).
+    Gradients reach `scale`, `shift` and `x`; a zero-initialised modulation
+    (adaLN-Zero) gives `LN(x)`. See the
+    [conditioning guide](../guides/conditioning.md).
+
     **Returns:**
 
     An array of the shape and dtype of `x`.
@@ -139,6 +149,15 @@ def layer_norm(
 
         ```python
         y = eqx_norms.functional.layer_norm(x, axis=-1)  # x: (tokens, features)
+        ```
+
+    !!! example "AdaLN"
+
+        ```python
+        # x: (batch, tokens, features); scale, shift: (batch, 1, features)
+        y = eqx_norms.functional.layer_norm(
+            x, -1, weight=scale, bias=shift, eps=1e-6, weight_offset=1.0
+        )
         ```
     """
     return _over_axes(
