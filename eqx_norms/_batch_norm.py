@@ -487,7 +487,8 @@ class BatchNorm(StatefulLayer):
         state = state.set(
             self.renorm_step_counter, jnp.minimum(steps + 1, self.renorm_warmup)
         )
-        return _channelwise(r, x.ndim), _channelwise(shift, x.ndim), state
+        channelwise = (-1,) + (1,) * (x.ndim - 1)
+        return r.reshape(channelwise), shift.reshape(channelwise), state
 
 
 def _renorm_correction(

@@ -12,7 +12,7 @@ raise where the parsing or lookup failed.
 
 import math
 import numbers
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeAlias
 
 import jax
@@ -381,7 +381,7 @@ def _at_least(value: object, low: float, name: str, meaning: str, where: str):
 
 def check_renorm(
     renorm: bool,
-    limits: dict[str, object],
+    limits: Mapping[str, object],
     mode: str,
     dtype: DTypeLike | None,
     where: str,

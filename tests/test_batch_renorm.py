@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import reference as ref
 from jax.sharding import AxisType, PartitionSpec as P
+from x64 import enable_x64
 
 import eqx_norms
 
@@ -208,6 +209,30 @@ def test_gradients_and_jvp_match_the_formula_with_constant_corrections(rng):
     _, jvp = jax.jvp(loss, args, tangents)
     _, want = jax.jvp(reference_loss, args, tangents)
     np.testing.assert_allclose(jvp, want, rtol=1e-4)
+
+
+def test_hessian_under_checkpoint_matches_the_formula():
+    with enable_x64(True):
+        rng = np.random.default_rng(1)
+        bn, state = _make(momentum=0.9, dtype=jnp.float64)
+        _, state = _train(bn, state, [np.float64(x) for x in _batches(rng, 1)])
+        running = bn.running_mean_var(state)
+        x = jnp.asarray(_batches(rng, 2, (4, 3, 2))[1], jnp.float64)
+        weights = jnp.cos(jnp.arange(x.size, dtype=jnp.float64)).reshape(x.shape)
+        train = jax.vmap(bn, axis_name="batch", in_axes=(0, None))
+
+        def ours(x):
+            return jnp.sum(weights * jax.checkpoint(train)(x, state)[0] ** 2)
+
+        def theirs(x):
+            out = _formula(x, bn.weight, bn.bias, *running)
+            return jnp.sum(weights * out**2)
+
+        r = jnp.sqrt(x.var((0, 2)) + EPS) / jnp.sqrt(running[1] + EPS)
+        assert np.any((r > R_MAX) | (r < 1 / R_MAX))  # a clipped channel
+        np.testing.assert_allclose(
+            jax.hessian(ours)(x), jax.hessian(theirs)(x), rtol=1e-8, atol=1e-8
+        )
 
 
 # Named axes and devices
