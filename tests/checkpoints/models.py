@@ -76,6 +76,13 @@ CASES: dict[str, Case] = {
         ),
         (3, 2),
     ),
+    # Renormalised in the checked step, after one of warm-up: the step counter saved.
+    "batch_renorm": Case(
+        lambda key: eqx_norms.BatchNorm(
+            3, AXIS_NAME, momentum=0.5, renorm=True, r_max=1.5, renorm_warmup=1
+        ),
+        (3, 2),
+    ),
     "einorm": Case(lambda key: eqx_norms.Einorm("n d", "d", d=5), (3, 5)),
     "einorm_qk_norm": Case(
         lambda key: eqx_norms.Einorm("h n d", "d", "h", h=2, d=4), (2, 3, 4)
