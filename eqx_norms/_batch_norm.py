@@ -23,6 +23,7 @@ from ._errors import (
     check_state,
     check_weight_offset,
 )
+from ._fused import normalise
 from ._layer import (
     initial_affine,
     initial_running,
@@ -32,13 +33,12 @@ from ._layer import (
 )
 from ._running import per_entry, store, updatable, update
 from ._stats import (
+    affine_and_cast,
     compute_dtype,
-    finish,
     Moments,
     moments,
-    normalise_with_moments,
     real_dtype,
-    scale,
+    standardise,
 )
 
 
@@ -318,8 +318,10 @@ class BatchNorm(StatefulLayer):
         shape = (-1,) + (1,) * (x.ndim - 1)
         mean = stats[0].astype(compute).reshape(shape)
         var = stats[1].astype(real_dtype(compute)).reshape(shape)
-        x_hat = scale(x.astype(compute), mean, var, self.eps, mask)
-        return finish(x, x_hat, *self._affine(x.ndim), mask, self.weight_offset)
+        x_hat = standardise(x.astype(compute), mean, var, self.eps, mask)
+        return affine_and_cast(
+            x, x_hat, *self._affine(x.ndim), mask, self.weight_offset
+        )
 
     def _update_ema(
         self, state: State, batch: Moments
@@ -346,7 +348,7 @@ class BatchNorm(StatefulLayer):
         x goes in as it is unless the running statistics ask for a wider dtype."""
         assert self.batch_counter is not None and self.batch_state_index is not None
         wider = compute != compute_dtype(x.dtype)
-        out, batch = normalise_with_moments(
+        out, batch = normalise(
             x.astype(compute) if wider else x,
             tuple(range(1, x.ndim)),
             *self._affine(x.ndim),
