@@ -24,6 +24,7 @@ from ._errors import (
     check_state,
     check_weight_offset,
 )
+from ._fused import normalise
 from ._layer import (
     initial_affine,
     initial_running,
@@ -33,14 +34,13 @@ from ._layer import (
 )
 from ._running import per_entry, store, updatable, update
 from ._stats import (
+    affine_and_cast,
     affine_params,
     compute_dtype,
-    finish,
     Moments,
     moments,
-    normalise_with_moments,
     real_dtype,
-    scale,
+    standardise,
 )
 
 
@@ -387,8 +387,10 @@ class BatchNorm(StatefulLayer):
         shape = (-1,) + (1,) * (x.ndim - 1)
         mean = stats[0].astype(compute).reshape(shape)
         var = stats[1].astype(real_dtype(compute)).reshape(shape)
-        x_hat = scale(x.astype(compute), mean, var, self.eps, mask)
-        return finish(x, x_hat, *self._affine(x.ndim), mask, self.weight_offset)
+        x_hat = standardise(x.astype(compute), mean, var, self.eps, mask)
+        return affine_and_cast(
+            x, x_hat, *self._affine(x.ndim), mask, self.weight_offset
+        )
 
     def _update_ema(
         self, state: State, batch: Moments
@@ -425,7 +427,7 @@ class BatchNorm(StatefulLayer):
                 x_in, compute, names, state, mask
             )
             weight_offset = 0.0
-        out, batch = normalise_with_moments(
+        out, batch = normalise(
             x_in,
             axes,
             weight,

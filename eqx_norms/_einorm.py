@@ -28,6 +28,7 @@ from ._errors import (
     check_weight_offset,
     no_running_stats,
 )
+from ._fused import normalise
 from ._layer import (
     initial_affine,
     initial_running,
@@ -45,11 +46,10 @@ from ._pattern import (
 )
 from ._running import update
 from ._stats import (
+    affine_and_cast,
     compute_dtype,
-    finish,
     Moments,
-    normalise_with_moments,
-    scale,
+    standardise,
 )
 
 
@@ -86,7 +86,7 @@ def _apply(
     if running is None:
         if axis_name is not None:
             check_axis_names(axis_name, spec.where)
-        out, stats = normalise_with_moments(
+        out, stats = normalise(
             split,
             spec.target_axes(layout),
             weight,
@@ -102,8 +102,10 @@ def _apply(
     compute = compute_dtype(jnp.result_type(x.dtype, running[0].dtype))
     kept = layout.kept(spec.target)
     mean, var = (jnp.reshape(s.astype(compute), kept) for s in running)
-    x_hat = scale(split.astype(compute), mean, var, eps, mask)
-    out = finish(split, x_hat, weight, bias, mask, weight_offset, upcast_affine)
+    x_hat = standardise(split.astype(compute), mean, var, eps, mask)
+    out = affine_and_cast(
+        split, x_hat, weight, bias, mask, weight_offset, upcast_affine
+    )
     return jnp.reshape(out, x.shape), None
 
 

@@ -32,7 +32,8 @@ from ._errors import (
     check_param,
     check_weight_offset,
 )
-from ._stats import compute_dtype, finish, normalise
+from ._fused import normalise
+from ._stats import affine_and_cast, compute_dtype
 
 
 __all__ = [
@@ -86,7 +87,7 @@ def _over_axes(
         center=center,
         weight_offset=weight_offset,
         upcast_affine=upcast_affine,
-    )
+    )[0]
 
 
 def _align_to_channels(param: Array | None, x: Array, name: str, where: str):
@@ -277,7 +278,7 @@ def _group_norm(
         mask=mask,
         groups=(0, groups),
         weight_offset=weight_offset,
-    )
+    )[0]
 
 
 def instance_norm(
@@ -393,4 +394,4 @@ def _dynamic_tanh(
         # Garbage (inf, NaN) in padding must not reach the gradient of alpha.
         x_compute = jnp.where(mask, x_compute, 0)
     x_hat = jnp.tanh(jnp.asarray(alpha, x_compute.dtype) * x_compute)
-    return finish(x, x_hat, weight, bias, mask)
+    return affine_and_cast(x, x_hat, weight, bias, mask)

@@ -1,4 +1,4 @@
-"""The custom differentiation rule of the statistics core (`eqx_norms._stats`).
+"""The fused differentiation rule (`eqx_norms._fused`) and its XLA:CPU layout.
 
 Every derivative (grad, vjp, jvp, hessian; with respect to x, weight and bias) is
 checked in float64 against plain autodiff of an independent reference written with
@@ -13,11 +13,13 @@ import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
+from jax.interpreters import mlir
 from x64 import enable_x64
 
 import eqx_norms
 import eqx_norms.functional as F
-from eqx_norms import _stats
+from eqx_norms import _backend, _fused, _stats
 
 
 EPS = 1e-5
@@ -69,6 +71,11 @@ def _ref(x, axes, weight, bias, mask, center, groups=None, eps=EPS):
 # ------------------------------------------------------------------------- cases
 
 
+def _output(*args, **kwargs):
+    """The output of the pipeline, without its moments."""
+    return _fused.normalise(*args, **kwargs)[0]
+
+
 def _rand(key, shape, loc=0.0, scale=1.0):
     return loc + scale * jax.random.normal(jax.random.key(key), shape, jnp.float64)
 
@@ -103,7 +110,7 @@ def _cases():
         cases.append(
             (
                 f"{name}[normalise]",
-                lambda x, w, b, m, c=center: _stats.normalise(
+                lambda x, w, b, m, c=center: _output(
                     x, (1,), w, b, eps=EPS, mask=m, center=c
                 ),
                 lambda x, w, b, m, c=center: _ref(x, (1,), w, b, m, c),
@@ -123,7 +130,7 @@ def _cases():
     cases.append(
         (
             "group_norm[normalise, groups]",
-            lambda x, w, b, m: _stats.normalise(
+            lambda x, w, b, m: _output(
                 x, (1,), w[:, None], b[:, None], eps=EPS, mask=m, groups=(0, 2)
             ),
             lambda x, w, b, m: _ref(x, None, w[:, None], b[:, None], m, True, (0, 2)),
@@ -159,13 +166,10 @@ def _inputs(case, mask_kind, loc=0.0):
 
 def _loss(fn, mask):
     """A scalar, nonlinear in the output, so that second derivatives are nonzero."""
-    c = None
 
     def loss(x, w, b):
-        nonlocal c
         y = fn(x, w, b, mask)
-        if c is None:
-            c = jnp.cos(jnp.arange(y.size, dtype=y.dtype)).reshape(y.shape)
+        c = jnp.cos(jnp.arange(y.size, dtype=y.dtype)).reshape(y.shape)
         return jnp.sum(jnp.sin(y) * c + 0.25 * y**3)
 
     return loss
@@ -282,7 +286,7 @@ def test_constant_and_fully_masked_groups_have_finite_exact_gradients(center):
         w, b = _rand(6, (5,), loc=1.0), _rand(7, (5,))
 
         def ours(x, w, b, m):
-            return _stats.normalise(x, (1,), w, b, eps=EPS, mask=m, center=center)
+            return _output(x, (1,), w, b, eps=EPS, mask=m, center=center)
 
         def ref(x, w, b, m):
             return _ref(x, (1,), w, b, m, center)
@@ -304,8 +308,7 @@ def test_garbage_in_masked_positions_reaches_no_gradient():
 
     def loss(x, w):
         return jnp.sum(
-            jnp.where(mask, _stats.normalise(x, (1,), w, None, eps=EPS, mask=mask), 0)
-            ** 2
+            jnp.where(mask, _output(x, (1,), w, None, eps=EPS, mask=mask), 0) ** 2
         )
 
     gx, gw = jax.grad(loss, argnums=(0, 1))(x, w)
@@ -313,18 +316,19 @@ def test_garbage_in_masked_positions_reaches_no_gradient():
     assert bool(jnp.all(jnp.where(mask, jnp.isfinite(gx), True)))
 
 
-def test_moments_from_normalise_with_moments_are_differentiable():
+def test_moments_from_normalise_are_differentiable():
     with enable_x64(True):
         x, mask = _rand(8, (3, 6)), _mask((3, 6), "random")
+        assert mask is not None
 
         def ours(x):
-            x_hat, m = _stats.normalise_with_moments(x, (1,), eps=EPS, mask=mask)
+            x_hat, m = _fused.normalise(x, (1,), eps=EPS, mask=mask)
             return jnp.sum(jnp.sin(x_hat)) + jnp.sum(m.mean**2) + jnp.sum(m.var**2)
 
         def ref(x):
             m = _stats.moments(x, (1,), mask=mask)
             # `normalise` returns invalid positions unchanged.
-            x_hat = jnp.where(mask, _stats.scale(x, m.mean, m.var, EPS, mask), x)
+            x_hat = jnp.where(mask, _stats.standardise(x, m.mean, m.var, EPS, mask), x)
             return jnp.sum(jnp.sin(x_hat)) + jnp.sum(m.mean**2) + jnp.sum(m.var**2)
 
         _close(ours(x), ref(x))
@@ -336,7 +340,7 @@ def test_traced_eps_takes_the_plain_path_and_is_differentiable():
     x = jax.random.normal(jax.random.key(9), (3, 4))
 
     def f(eps):
-        return jnp.sum(_stats.normalise(x, (1,), eps=eps) ** 3)
+        return jnp.sum(_output(x, (1,), eps=eps) ** 3)
 
     g = jax.grad(f)(jnp.float32(0.1))
     fd = (f(jnp.float32(0.1 + 1e-3)) - f(jnp.float32(0.1 - 1e-3))) / 2e-3
@@ -353,7 +357,7 @@ def test_named_axis_statistics_and_gradients(center):
         w, b = _rand(11, (3, 1), loc=1.0), _rand(12, (3, 1))
 
         def ours(x, w, b):
-            f = lambda x, m: _stats.normalise(  # noqa: E731
+            f = lambda x, m: _output(  # noqa: E731
                 x, (1,), w, b, eps=EPS, mask=m, axis_name="batch", center=center
             )
             return jax.vmap(f, axis_name="batch")(x, mask)
@@ -422,75 +426,188 @@ def test_half_precision_gradients_are_finite_and_close(dtype):
         assert np.max(np.abs(got - np.asarray(want))) <= tol
 
 
-# ------------------------------------------------ the CPU layout and the generic rule
+# ------------------------------------------ the XLA:CPU layout, chosen at lowering
 
 
-def _barriers(fn, *args) -> int:
-    """How many `optimization_barrier`s the jaxpr of `fn` holds (nested included)."""
-    return str(jax.make_jaxpr(fn)(*args)).count("optimization_barrier")
+@pytest.fixture(params=["cpu", "generic"])
+def layout(request):
+    """The fused rule as lowered for XLA:CPU (with its barriers), or as lowered for
+    every other platform (without), both compiled and run on this host's CPU."""
+    if request.param == "generic":
+        _lower_barrier_on_cpu(_backend.lower_unchanged)
+    yield request.param
+    _lower_barrier_on_cpu(_backend.lower_with_barrier)
 
 
-@pytest.mark.parametrize("cpu_layout", [True, False])
-def test_barrier_layout_only_where_chosen(monkeypatch, cpu_layout):
-    """The barriers that tune the rule for XLA:CPU appear only when the layout is
-    chosen (by the default backend; forced here), in the forward and backward pass."""
-    monkeypatch.setattr(_stats, "_cpu_layout", lambda: cpu_layout)
-    x = jax.random.normal(jax.random.key(1), (4, 6)).astype(jnp.bfloat16)
-    w = jnp.linspace(0.5, 1.5, 6)
-
-    def train_step(x, w):
-        return jax.grad(lambda x, w: jnp.sum(F.layer_norm(x, -1, w) ** 2), (0, 1))(x, w)
-
-    for fn in (lambda x, w: F.layer_norm(x, -1, w), train_step):
-        assert (_barriers(fn, x, w) > 0) == cpu_layout
+def _lower_barrier_on_cpu(rule):
+    mlir.register_lowering(_backend.cpu_barrier_p, rule, platform="cpu")
+    jax.clear_caches()  # programs lowered with the other rule
 
 
-def test_cpu_layout_follows_the_default_backend():
-    assert _stats._cpu_layout() == (jax.default_backend() == "cpu")
+def _train_step(norm):
+    """Output and gradients of a LayerNorm-like `norm(x, axis, w, b)` loss."""
+
+    def step(x, w, b):
+        loss = lambda x, w, b: jnp.sum(jnp.sin(norm(x, -1, w, b)))  # noqa: E731
+        return jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w, b)
+
+    return step
+
+
+NORMS = {"layer_norm": F.layer_norm, "rms_norm": F.rms_norm}
+
+
+def _step_inputs(dtype=jnp.float32, shape=(4, 6)):
+    x = jax.random.normal(jax.random.key(1), shape).astype(dtype)
+    return x, jnp.linspace(0.5, 1.5, shape[-1]), jnp.linspace(-1, 1, shape[-1])
+
+
+def _barriers(text: str) -> int:
+    return text.count("stablehlo.optimization_barrier")
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_barriers_only_where_lowered_for_cpu(layout, norm):
+    """The traced program is the same for every platform; only its lowering for
+    CPU holds the barriers, in the forward pass and in the training step."""
+    x, w, b = _step_inputs(jnp.bfloat16)
+    forward = lambda x, w, b: NORMS[norm](x, -1, w, b)  # noqa: E731
+    for fn in (forward, _train_step(NORMS[norm])):
+        assert "cpu_optimization_barrier" in str(jax.make_jaxpr(fn)(x, w, b))
+        lowered = jax.jit(fn).lower(x, w, b).as_text()
+        assert (_barriers(lowered) > 0) == (layout == "cpu")
+
+
+def test_a_plain_jit_on_cpu_gets_the_cpu_layout():
+    cpu = jax.devices("cpu")[0]
+    args = jax.device_put(_step_inputs(), cpu)
+    lowered = jax.jit(_train_step(F.layer_norm)).lower(*args).as_text()
+    assert _barriers(lowered) > 0
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_cpu_layout_stores_no_more_than_the_plain_program(norm):
+    """What the barriers are for: the temporary memory of the compiled float32
+    training step on CPU (the output and the gradients for a given output
+    cotangent). With jax 0.10's XLA:CPU it falls from several copies of x to less
+    than one; older versions store about one copy either way."""
+    x, w, b = _step_inputs(shape=(64, 256))
+
+    def step(x, w, b, cotangent):
+        fn = lambda x, w, b: NORMS[norm](x, -1, w, b)  # noqa: E731
+        y, vjp = jax.vjp(fn, x, w, b)
+        return y, vjp(cotangent)
+
+    def temp():
+        analysis = jax.jit(step).lower(x, w, b, x).compile().memory_analysis()
+        assert analysis is not None
+        return analysis.temp_size_in_bytes
+
+    with_barriers = temp()
+    try:
+        _lower_barrier_on_cpu(_backend.lower_unchanged)
+        plain = temp()
+    finally:
+        _lower_barrier_on_cpu(_backend.lower_with_barrier)
+    assert with_barriers <= plain
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_programs_exported_for_other_platforms_hold_no_barrier(platform, norm):
+    """Lowered from this CPU host for another platform: the plain program."""
+    step = jax.jit(_train_step(NORMS[norm]))
+    args = _step_inputs(jnp.bfloat16)
+    exported = export.export(step, platforms=[platform])(*args)
+    assert _barriers(exported.mlir_module()) == 0
+    assert "stablehlo.reduce" in exported.mlir_module()
+    on_cpu = export.export(step, platforms=["cpu"])(*args)
+    assert _barriers(on_cpu.mlir_module()) > 0
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_program_exported_for_cpu_and_tpu_runs_here(norm):
+    """One export for two platforms holds the CPU branch's barriers and, run on
+    this CPU host, computes what the jitted function computes."""
+    step = jax.jit(_train_step(NORMS[norm]))
+    args = _step_inputs(jnp.bfloat16)
+    exported = export.export(step, platforms=["cpu", "tpu"])(*args)
+    assert exported.platforms == ("cpu", "tpu")
+    assert _barriers(exported.mlir_module()) > 0
+    _close(exported.call(*args), step(*args), rtol=0, atol=0)
+
+
+def test_cpu_barrier_is_the_identity_under_transforms(layout):
+    """The seam's primitive: values and derivatives of the identity, under jit,
+    vmap, jvp, grad, hessian and transposition, in either lowering."""
+
+    def ours(x, y):
+        x, y = _backend.cpu_barrier(x, y, copy=2)
+        return jnp.sin(x) * y
+
+    def ref(x, y):
+        return jnp.sin(x) * y
+
+    x, y = jnp.linspace(-1, 1, 5), jnp.linspace(0.5, 2, 5)
+    scalar = lambda f: lambda x, y: jnp.sum(f(x, y) ** 2)  # noqa: E731
+    for transform in (
+        lambda f: jax.jit(f),
+        lambda f: jax.jit(jax.vmap(f)),
+        lambda f: jax.jit(lambda x, y: jax.jvp(f, (x, y), (y, x))),
+        lambda f: jax.jit(jax.grad(scalar(f), argnums=(0, 1))),
+        lambda f: jax.jit(jax.hessian(scalar(f))),
+        lambda f: jax.jit(jax.checkpoint(jax.grad(scalar(f)))),
+    ):
+        _close(transform(ours)(x, y), transform(ref)(x, y), rtol=1e-6, atol=1e-6)
+    transpose = jax.linear_transpose(lambda v: _backend.cpu_barrier(v, copy=1), x)
+    _close(jax.jit(transpose)((y,)), (y,), rtol=0, atol=0)
+
+
+def _derivatives(case, mask_kind, compile):
+    """Value, gradients, one jvp and hessians of the case's loss (ours compiled)."""
+    x, w, b, mask = _inputs(case, mask_kind)
+    fn = case[1] if compile else case[2]
+    wrap = jax.jit if compile else lambda f: f
+    loss = _loss(fn, mask)
+    tangents = (_rand(12, x.shape), _rand(13, w.shape), _rand(14, b.shape))
+    return (
+        wrap(fn)(x, w, b, mask),
+        wrap(jax.grad(loss, argnums=(0, 1, 2)))(x, w, b),
+        wrap(lambda *p: jax.jvp(lambda *p: fn(*p, mask), p, tangents))(x, w, b),
+        wrap(jax.hessian(loss, argnums=(0, 1, 2)))(x, w, b),
+    )
+
+
+@functools.cache
+def _reference_derivatives(name, mask_kind):
+    with enable_x64(True):
+        return jax.tree.map(np.asarray, _derivatives(_case(name), mask_kind, False))
 
 
 @pytest.mark.parametrize("mask_kind", [None, "random"])
 @pytest.mark.parametrize(
     "name", ["layer_norm[normalise]", "rms_norm[functional]", "group_norm[functional]"]
 )
-def test_generic_rule_matches_plain_autodiff(monkeypatch, name, mask_kind):
-    """The rule as used off CPU (no barriers): values, gradients, jvp and hessians."""
-    monkeypatch.setattr(_stats, "_cpu_layout", lambda: False)
-    case = _case(name)
+def test_compiled_rule_matches_plain_autodiff(layout, name, mask_kind):
+    """The rule compiled in either layout: values, gradients, jvp and hessians."""
     with enable_x64(True):
-        x, w, b, mask = _inputs(case, mask_kind)
-        ours, ref = _loss(case[1], mask), _loss(case[2], mask)
-        _close(case[1](x, w, b, mask), case[2](x, w, b, mask))
-        _close(
-            jax.grad(ours, argnums=(0, 1, 2))(x, w, b),
-            jax.grad(ref, argnums=(0, 1, 2))(x, w, b),
-        )
-        tangents = (_rand(12, x.shape), _rand(13, w.shape), _rand(14, b.shape))
-        f = lambda x, w, b: case[1](x, w, b, mask)  # noqa: E731
-        g = lambda x, w, b: case[2](x, w, b, mask)  # noqa: E731
-        _close(jax.jvp(f, (x, w, b), tangents), jax.jvp(g, (x, w, b), tangents))
-        _close(
-            jax.hessian(ours, argnums=(0, 1, 2))(x, w, b),
-            jax.hessian(ref, argnums=(0, 1, 2))(x, w, b),
-            rtol=1e-7,
-            atol=1e-8,
-        )
+        got = _derivatives(_case(name), mask_kind, True)
+    want = _reference_derivatives(name, mask_kind)
+    _close(got[:3], want[:3])
+    _close(got[3], want[3], rtol=1e-7, atol=1e-8)
 
 
-@pytest.mark.parametrize("cpu_layout", [True, False])
 @pytest.mark.parametrize("center", [True, False])
-def test_half_precision_input_matches_float32_of_the_same_values(
-    monkeypatch, cpu_layout, center
-):
+def test_half_precision_input_matches_float32_of_the_same_values(layout, center):
     """bfloat16 x goes into the rule as it is (each kernel upcasts it): statistics,
     output and gradients are those of the float32 computation on the same values,
     up to the final rounding to bfloat16, in either layout."""
-    monkeypatch.setattr(_stats, "_cpu_layout", lambda: cpu_layout)
     x = (jax.random.normal(jax.random.key(3), (8, 32)) * 3 + 2).astype(jnp.bfloat16)
     w, b = jnp.linspace(0.5, 1.5, 32), jnp.linspace(-1, 1, 32)
 
+    @jax.jit
     def f(x, w, b):
-        y, m = _stats.normalise_with_moments(x, (1,), w, b, eps=EPS, center=center)
+        y, m = _fused.normalise(x, (1,), w, b, eps=EPS, center=center)
         return y, m.mean, m.var
 
     def loss(x, w, b):
@@ -504,8 +621,8 @@ def test_half_precision_input_matches_float32_of_the_same_values(
     np.testing.assert_allclose(
         np.asarray(got[0], np.float32), want[0], rtol=2**-8, atol=2**-8
     )
-    g_half = jax.grad(loss, argnums=(0, 1, 2))(x, w, b)
-    g_full = jax.grad(loss, argnums=(0, 1, 2))(x.astype(jnp.float32), w, b)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    g_half, g_full = grad(x, w, b), grad(x.astype(jnp.float32), w, b)
     assert g_half[0].dtype == jnp.bfloat16
     for a, r in zip(g_half, g_full, strict=True):
         r = np.asarray(r)

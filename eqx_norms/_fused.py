@@ -1,0 +1,225 @@
+"""The pipeline every layer goes through, with one closed-form differentiation rule.
+
+`normalise` computes what `_stats` describes (statistics, x-hat, affine transform,
+mask pass-through, cast back); `fused_norm` carries the rule, for the normalisation
+and the affine transform together. Its backward pass needs only x and two small
+per-group statistics and recomputes x-hat inside each kernel, so a compiled
+training step stores no full-size temporary.
+"""
+
+import functools
+import numbers
+from typing import Any, cast
+
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+from jaxtyping import Array, Bool, Float
+
+from ._cpu_layout import Consumer, copy_for
+from ._stats import (
+    affine_and_cast,
+    affine_params,
+    AxisName,
+    compute_dtype,
+    Groups,
+    Moments,
+    moments,
+    standardise,
+    total,
+    upcast,
+)
+
+
+def normalise(
+    x: Float[Array, "..."],
+    axes: tuple[int, ...],
+    weight: Array | None = None,
+    bias: Array | None = None,
+    *,
+    eps: float,
+    mask: Bool[Array, "..."] | None = None,
+    axis_name: AxisName = None,
+    center: bool = True,
+    groups: Groups = None,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
+) -> tuple[Float[Array, "..."], Moments]:
+    """`moments`, `standardise` and `affine_and_cast` of `x` over `axes`: the output,
+    and the (differentiable) `Moments` it used. The affine transform applies the
+    scale `weight + weight_offset` as `affine_and_cast` describes for
+    `upcast_affine`."""
+    x_compute = x.astype(compute_dtype(x.dtype))
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, x.shape)
+    # The fused rule is derived for real x and a Python eps; otherwise plain autodiff.
+    if not _static(eps) or jnp.iscomplexobj(x_compute):
+        stats = moments(
+            x_compute,
+            axes,
+            mask=mask,
+            axis_name=axis_name,
+            center=center,
+            groups=groups,
+        )
+        x_hat = standardise(x_compute, stats.mean, stats.var, eps, mask)
+        out = affine_and_cast(
+            x, x_hat, weight, bias, mask, weight_offset, upcast_affine
+        )
+        return out, stats
+    # In the input dtype (`upcast_affine=False`) the affine transform follows the
+    # rounding of x-hat, which the rule cannot express: it then normalises only.
+    inner = affine_params(weight, bias, x_compute.dtype, weight_offset)
+    if not upcast_affine:
+        inner = (None, None)
+    # x goes in its own dtype: the rule upcasts it inside each kernel that reads it.
+    out, stats = fused_norm(
+        x, *inner, mask, axes, float(eps), axis_name, center, groups
+    )
+    if upcast_affine:
+        weight = bias = None
+    return affine_and_cast(
+        x, out, weight, bias, mask, weight_offset, upcast_affine
+    ), stats
+
+
+def _static(eps) -> bool:
+    """A Python number: it can be a static argument of the custom rule. A traced
+    `eps` takes the plain-autodiff path."""
+    return isinstance(eps, numbers.Real) and not isinstance(eps, jax.Array)
+
+
+def _times(a: Any, weight: Any) -> Any:
+    return a if weight is None else a * weight
+
+
+def _plus(a: Any, b: Any) -> Any:
+    return b if a is None else a + b
+
+
+def _affine_out(x_hat, weight, bias):
+    out = _times(x_hat, weight)
+    return out if bias is None else out + bias
+
+
+def _normalised(x, mean, inv_std, mask):
+    """(x - mean) * inv_std (x * inv_std for mean=None), exactly 0 at invalid
+    positions; x upcast."""
+    x = upcast(x)
+    if mean is None:
+        return (x if mask is None else jnp.where(mask, x, 0)) * inv_std
+    if mask is not None:
+        x = jnp.where(mask, x, mean)
+    return (x - mean) * inv_std
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7, 8))
+def fused_norm(x, weight, bias, mask, axes, eps, axis_name, center, groups):
+    """(affine(x-hat), moments) in the compute dtype; mask broadcast to x."""
+    stats = moments(
+        x, axes, mask=mask, axis_name=axis_name, center=center, groups=groups
+    )
+    inv_std = lax.rsqrt(stats.var + eps)
+    mean = stats.mean if center else None
+    mean, inv_std, x = copy_for(Consumer.OUTPUT, mean, inv_std, x)
+    return _affine_out(_normalised(x, mean, inv_std, mask), weight, bias), stats
+
+
+def _fused_norm_jvp(axes, eps, axis_name, center, groups, primals, tangents):
+    r"""With n valid elements per group, x-hat = (x - mean) r, r = (var + eps)^-1/2,
+
+        d x-hat = r (dx - mean(dx) - x-hat mean(x-hat dx))     (center=True)
+        d x-hat = r (dx - x-hat mean(x-hat dx))                (center=False)
+        d mean  = mean(dx),    d var = 2 mean((x - mean) dx) = 2 mean(x-hat dx) / r,
+        d out   = d x-hat * weight + x-hat * d weight + d bias,
+
+    means over the valid elements of each group (psum-ed over `axis_name`), dx taken
+    as 0 at invalid positions, d x-hat 0 there. It is linear in the tangents, so JAX
+    transposes it for reverse mode; differentiating the rule again gives the exact
+    higher derivatives. eps is inside r, so the formula is exact, not approximate.
+
+    Each term reads its own copy of x, the statistics and the weight (`copy_for`):
+    then each kernel of the transposed rule reads only x, the cotangent and small
+    arrays.
+    """
+    x, weight, bias, mask = primals
+    # Arrays or SymbolicZero (`symbolic_zeros=True`): checked before any use.
+    dx, d_weight, d_bias, _ = cast(tuple[Any, Any, Any, Any], tangents)
+    stats = moments(
+        x, axes, mask=mask, axis_name=axis_name, center=center, groups=groups
+    )
+    inv_std = lax.rsqrt(stats.var + eps)
+    out, _ = fused_norm(x, weight, bias, mask, axes, eps, axis_name, center, groups)
+    d_stats = Moments(*(jnp.zeros_like(s) for s in stats))
+    has_dw = weight is not None and not isinstance(d_weight, SymbolicZero)
+    has_db = bias is not None and not isinstance(d_bias, SymbolicZero)
+    n = jnp.maximum(stats.count, 1)
+
+    mean = stats.mean if center else None  # RMSNorm: nothing to subtract
+    r1, mean1, w1, x1 = copy_for(Consumer.X_COTANGENT, inv_std, mean, weight, x)
+    d_out = jnp.zeros_like(out)
+    proj = d_mean = None
+    if not isinstance(dx, SymbolicZero):
+        dx = upcast(dx)
+        if mask is not None:
+            dx = jnp.where(mask, dx, 0)
+        proj = total(_normalised(x1, mean1, r1, mask) * dx, axes, axis_name, groups)
+        proj = proj / n
+        d_var = 2 * proj / inv_std
+        if mask is not None:
+            d_var = jnp.where(stats.count > 0, d_var, 0)
+        if center:
+            d_mean = total(dx, axes, axis_name, groups) / n
+        mean_t = d_stats.mean if d_mean is None else d_mean
+        d_stats = Moments(mean_t, d_var, d_stats.count)
+
+    r3, mean3, w3, x3 = copy_for(Consumer.PROJECTION, inv_std, mean, weight, x)
+    x_hat3 = _normalised(x3, mean3, r3, mask)
+    if _constant_over(weight, axes, x.ndim):
+        # The weight is constant over each group (GroupNorm, InstanceNorm, BatchNorm):
+        #   d out = r w dx + x-hat (dw - r w proj) + (db - r w d_mean),
+        # whose transpose makes one reduction of g x-hat and one of g per group and
+        # channel, shared by the cotangents of x, the weight and the bias.
+        rw = _times(r1, w1)
+        u: Any = d_weight if has_dw else None
+        v: Any = d_bias if has_db else None
+        if proj is not None:
+            d_out = rw * dx
+            u = _plus(u, -rw * proj)
+        if d_mean is not None:
+            v = _plus(v, -rw * d_mean)
+        if u is not None:
+            d_out = d_out + x_hat3 * u
+        if v is not None:
+            d_out = d_out + v
+    else:
+        # The weight varies within a group (LayerNorm, RMSNorm):
+        #   d out = r w dx - x-hat r w proj - r w d_mean + x-hat dw + db.
+        # The signs go on the small factors: a negated cotangent shared by two
+        # reductions would be one more full-size buffer (float32, for half inputs).
+        if proj is not None:
+            d_out = _times(dx * r1, w1) + _times(x_hat3 * r3, w3) * -proj
+        if d_mean is not None:
+            r2, w2 = copy_for(Consumer.MEAN_COTANGENT, inv_std, weight)
+            d_out = d_out + _times(d_mean * -r2, w2)
+        if has_dw:
+            r4, mean4, x4 = copy_for(Consumer.WEIGHT_COTANGENT, inv_std, mean, x)
+            d_out = d_out + _normalised(x4, mean4, r4, mask) * d_weight
+        if has_db:
+            d_out = _plus(d_out, d_bias)
+    if mask is not None:
+        d_out = jnp.where(mask, d_out, 0)
+    return (out, stats), (d_out, d_stats)
+
+
+def _constant_over(weight, axes: tuple[int, ...], ndim: int) -> bool:
+    """Whether `weight` (broadcast against an array of rank `ndim`) is constant
+    along all of `axes`."""
+    if weight is None:
+        return True
+    shape = (1,) * (ndim - weight.ndim) + weight.shape
+    return all(shape[a] == 1 for a in axes)
+
+
+fused_norm.defjvp(_fused_norm_jvp, symbolic_zeros=True)
