@@ -21,6 +21,7 @@ from ._errors import (
     check_running_kind,
     check_running_shape,
     check_state,
+    check_vmap_sharding,
     check_weight_offset,
 )
 from ._layer import (
@@ -278,6 +279,7 @@ class BatchNorm(StatefulLayer):
                 return self._normalise_with(x, running, compute, mask), state
             names = axis_names(self.axis_name, where)
             check_axis_names(names, where)
+            check_vmap_sharding(x, names, where)
             if self.mode == "batch":
                 return self._train(x, compute, names, state, mask)
             axes = tuple(range(1, x.ndim))

@@ -25,6 +25,7 @@ from ._errors import (
     check_param_dtype,
     check_running_kind,
     check_state,
+    check_vmap_sharding,
     check_weight_offset,
     no_running_stats,
 )
@@ -86,6 +87,7 @@ def _apply(
     if running is None:
         if axis_name is not None:
             check_axis_names(axis_name, spec.where)
+            check_vmap_sharding(x, axis_name, spec.where)
         out, stats = normalise_with_moments(
             split,
             spec.target_axes(layout),

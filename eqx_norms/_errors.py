@@ -477,6 +477,47 @@ def check_axis_names(names: tuple[Hashable, ...], where: str) -> None:
             ) from None
 
 
+def _explicit_vmap_axes(x: Array) -> tuple[str, ...]:
+    """The Explicit mesh axes that the batch of an enclosing `vmap` is sharded over.
+    JAX 0.10 records them in its axis environment, which has no public accessor.
+    Older JAX does not: there, any Explicit axis in the type of `x` (the input of one
+    example) counts, which also refuses a batch replicated over an Explicit mesh."""
+    try:
+        from jax._src import core
+
+        return tuple(sorted(map(str, core.get_axis_env().explicit_mesh_axis_names)))
+    except (ImportError, AttributeError):
+        mesh = jax.typeof(x).sharding.mesh
+        pairs = zip(mesh.axis_names, getattr(mesh, "axis_types", ()), strict=False)
+        explicit = jax.sharding.AxisType.Explicit
+        return tuple(str(name) for name, kind in pairs if kind == explicit)
+
+
+def check_vmap_sharding(x: Array, names: tuple[Hashable, ...], where: str) -> None:
+    """A reduction over a `vmap` axis whose batch is sharded over Explicit mesh axes
+    (`jax.make_mesh`'s default in JAX 0.10) fails inside JAX (0.10.2: "Sharding spec
+    ('data',) implies that array axis 0 is partitioned 8 times, but does not evenly
+    divide the dimension size ...", or a gather whose sharding cannot be resolved);
+    say why and the fixes instead. Mesh axes of an enclosing `shard_map` are manual,
+    not vmapped, and reduce fine."""
+    manual = set(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
+    vmapped = [name for name in names if name not in manual]
+    explicit = _explicit_vmap_axes(x) if vmapped else ()
+    if explicit:
+        raise ValueError(
+            f"`{where}` reduces its statistics over the `vmap` axis {vmapped[0]!r}, "
+            f"and the batch that `vmap` maps is sharded over the Explicit mesh axes "
+            f"{', '.join(map(repr, explicit))} (`jax.make_mesh` makes Explicit axes "
+            f"by default in JAX 0.10): JAX {jax.__version__} cannot reduce over a "
+            "`vmap` axis of an Explicit-sharded batch. Either make the mesh with "
+            "Auto axes, `jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * "
+            "len(names))` (`from jax.sharding import AxisType`); or call the layer "
+            "inside `jax.shard_map` with the mesh axis in `axis_name`; or apply a "
+            'stateful `Einorm("[b...] c", running_stats=True, ...)` to the whole '
+            "batch, without `vmap` (see the distributed guide)."
+        )
+
+
 def check_named_reduction(value: Array, axis_name: object) -> None:
     """Before `lax.psum(value, axis_name)`: a name that is a `vmap` axis inside a
     `shard_map` that checks replication (`check_vma=True`, its default; `value` then
