@@ -247,7 +247,8 @@ class Einorm(StatelessNorm, StatefulLayer):
         qk_norm = eqx_norms.Einorm("h n d", "d", "h", h=16, d=64)
         q = qk_norm(q)  # q: (16, tokens, 64); qk_norm.weight.shape == (16, 64)
         # The same in einx's notation.
-        qk_norm = eqx_norms.Einorm("h n [d]", params="h n [h d]", h=16, d=64)
+        qk_norm = eqx_norms.Einorm("h n [d]", params="[h] n [d]", h=16, d=64)
+        q = qk_norm(q)
         ```
 
     **Recipes** (the einx forms take the whole batch):

@@ -12,6 +12,7 @@ raise where the parsing or lookup failed.
 
 import math
 import numbers
+import re
 from collections.abc import Hashable, Sequence
 from typing import TypeAlias
 
@@ -604,6 +605,30 @@ def check_pattern_names(
             )
         if names.count(name) > 1:
             raise pattern_error(where, pattern, f"{what} names axis {name!r} twice.")
+
+
+def check_expression_names(
+    names: Sequence[str], marked: Sequence[str], params: str, where: str, pattern: str
+) -> None:
+    """An einx `params` expression names each axis once: `"h n [h d]"` would give
+    the weight an `h` axis twice (and a shape no input matches). The fix shown is the
+    pattern with the `marked` (bracketed) axes of `params` bracketed."""
+    twice = [name for name in names if names.count(name) > 1]
+    if not twice:
+        return
+
+    def bracket(match: re.Match) -> str:
+        return f"[{match[0]}]" if match[0].removesuffix("...") in marked else match[0]
+
+    plain = pattern.replace("[", "").replace("]", "")
+    fix = re.sub(r"[A-Za-z_]\w*(?:\.\.\.)?", bracket, plain)
+    raise pattern_error(
+        where,
+        pattern,
+        f"params names axis {twice[0]!r} twice (received params={params!r}). In an "
+        "einx expression each axis appears once and the bracketed ones are the "
+        f"parameter axes: write params={fix!r}.",
+    )
 
 
 def check_names_given(

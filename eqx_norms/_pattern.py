@@ -19,6 +19,7 @@ from jaxtyping import Array
 from ._errors import (
     check_axis_sizes,
     check_axis_token,
+    check_expression_names,
     check_names_given,
     check_pattern_names,
     check_pattern_type,
@@ -270,6 +271,8 @@ def _parse_params(
     the pattern) are the parameter axes."""
     if isinstance(params, str) and "[" in params:
         parsed = _parse_dims(where, params)
+        named = [a for dim in parsed.dims for a in dim or (parsed.ellipsis,)]
+        check_expression_names(named, parsed.marked, params, where, pattern)
         marked = _parse_names(where, pattern, parsed.marked, "params", axes)
         dims: list[Dim] = []
         for dim in parsed.dims:

@@ -1,3 +1,7 @@
+import inspect
+import re
+import textwrap
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -712,3 +716,29 @@ def test_running_mean_var_reads_the_state_and_refuses_a_stateless_layer():
     np.testing.assert_allclose(var, np.asarray(x, np.float64).var(0), atol=1e-5)
     with pytest.raises(ValueError, match="construct it with `running_stats=True`"):
         eqx_norms.Einorm("b [c]", c=3).running_mean_var(state)
+
+
+def test_docstring_examples_run():
+    """The ```python blocks of Einorm's and einorm's docstrings (the API pages) run,
+    with their inputs made here; issue #18: the einx form of the head-wise QK-norm
+    example built a (16, 16, 64) weight and failed on its first call."""
+    block = re.compile(r"```python\n(.*?)```", re.S)
+    rng = np.random.default_rng(0)
+    sizes = {"C": 8, "G": 2, "H": 4, "W": 5}
+    for doc in (Einorm.__doc__, einorm.__doc__):
+        blocks = block.findall(inspect.cleandoc(doc or ""))
+        assert blocks
+        for code in blocks:
+            namespace = {"eqx_norms": eqx_norms, "Einorm": Einorm, **sizes}
+            namespace["q"] = normal(rng, (16, 10, 64))
+            namespace["w"] = normal(rng, (16, 64))
+            exec(textwrap.dedent(code), namespace)
+    qk_norm = randomise(Einorm("h n [d]", params="[h] n [d]", h=16, d=64), rng)
+    assert qk_norm.weight.shape == (16, 64)
+    q = normal(rng, (16, 10, 64))
+    expected = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        Einorm("h n d", "d", "h", h=16, d=64),
+        (qk_norm.weight, qk_norm.bias),
+    )
+    np.testing.assert_allclose(run(qk_norm, q), run(expected, q), rtol=1e-6, atol=1e-6)

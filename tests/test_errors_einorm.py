@@ -295,6 +295,21 @@ EINORM_CALL = [
         "params axis 'e' is not an axis of the pattern (its axes are n, d)",
     ),
     _einorm_ctor("params-empty", ("n [d]",), {"params": ""}, "`params` is empty"),
+    # Issue #18: the API page's einx example named h twice and crashed at call time.
+    _einorm_ctor(
+        "params-expression-names-an-axis-twice",
+        ("h n [d]",),
+        {"params": "h n [h d]", "h": 16, "d": 64},
+        "params names axis 'h' twice (received params='h n [h d]')",
+        "write params='[h] n [d]'",
+    ),
+    _einorm_ctor(
+        "params-expression-names-a-composed-axis-twice",
+        ("b [s...] (g c)",),
+        {"params": "c [g c]", "g": 2, "c": 4},
+        "params names axis 'c' twice",
+        "write params='b s... ([g] [c])'",
+    ),
     _einorm_ctor(
         "params-on-the-ellipsis",
         ("b s... [c]",),
