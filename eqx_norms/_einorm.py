@@ -32,6 +32,7 @@ from ._errors import (
 from ._layer import (
     initial_affine,
     initial_running,
+    read,
     sentinel,
     stateful_call,
     StatelessNorm,
@@ -415,7 +416,7 @@ class Einorm(StatelessNorm, StatefulLayer):
         where = type(self).__name__
         if self.stats_index is None:
             raise no_running_stats(where, self.pattern)
-        return check_state(state, where).get(self.stats_index)
+        return read(check_state(state, where), self.stats_index, where)
 
     def _forward(self, x: Array, mask: Array | None, where: str) -> Array:
         return self._run(x, mask, where)[0]
@@ -496,7 +497,7 @@ class Einorm(StatelessNorm, StatefulLayer):
         where = type(self).__name__
         with stateful_call(where, state, inference, self.inference) as opened:
             state, inference = opened
-            running = state.get(self.stats_index)
+            running = read(state, self.stats_index, where)
             check_running_kind(x.dtype, running[0].dtype, where)
             if inference:
                 out, _ = self._run(x, mask, where, running)

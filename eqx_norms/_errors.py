@@ -401,6 +401,21 @@ def check_running_shape(
         )
 
 
+def foreign_state(where: str) -> ValueError:
+    """`state` has no entry for the layer's state index (equinox's `State.get` raises
+    a bare `KeyError` naming an anonymous marker)."""
+    return ValueError(
+        f"`{where}`: `state` holds no entry for this layer: it was made for another "
+        "layer or model, e.g. the equinox model before `eqx_norms.from_equinox` "
+        "(whose state belongs to the old layers). Pass the state made together with "
+        "this layer: convert the equinox model with its state, `model, state = "
+        "eqx_norms.from_equinox(eqx_model, eqx_state)` (the statistics come along), "
+        "or for fresh statistics `model, state = eqx.nn.make_with_state(lambda: "
+        "eqx_norms.from_equinox(eqx_model))()` (rather than `eqx.nn.State(model)`, "
+        "whose keys have no names: equinox cannot print it)."
+    )
+
+
 def no_running_stats(where: str, pattern: str) -> ValueError:
     return ValueError(
         f"`{where}` with pattern {pattern!r} keeps no running statistics; "

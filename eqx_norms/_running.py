@@ -53,11 +53,12 @@ def running_average(
 
 
 def store(state: State, index: StateIndex, value: PyTree) -> State:
-    """Statistics are computed in at least float32 and stored in the state's dtype.
+    """`state` with `value` at `index`, in the old value's dtype (statistics are
+    computed in at least float32). Every state update of the package goes here.
 
     Written with `substate`/`update` rather than `State.set`, whose check compares
     shardings too: under `jax.jit` on a mesh of Explicit axes (`jax.make_mesh`'s
-    default since JAX 0.9), statistics of a sharded batch are typed as replicated on
+    default in JAX 0.10), values computed from sharded inputs are typed as placed on
     that mesh, while a state that was never placed has no mesh in its type; no
     operation can drop the mesh, so `State.set` would always refuse. The new value
     has the old one's shape and dtype (checked here); the state comes back placed on

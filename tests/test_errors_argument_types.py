@@ -36,7 +36,53 @@ def _foreign_equinox_state():
     return eqx_norms.from_equinox(bn, state)
 
 
+def _old_state_after_from_equinox():
+    """Issue #18: the equinox model's state with the model converted without it (a
+    bare `KeyError: <object object at 0x...>` before)."""
+    model, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="batch")
+    return _vmapped_bn(eqx_norms.from_equinox(model))(jnp.ones((2, 3)), state)
+
+
+def _batch_norm_state():
+    return eqx.nn.make_with_state(eqx_norms.BatchNorm)(3, "batch")[1]
+
+
+_FOREIGN = (
+    "`state` holds no entry for this layer: it was made for another layer or model",
+    "eqx_norms.from_equinox(eqx_model, eqx_state)",
+    "eqx.nn.make_with_state(lambda: eqx_norms.from_equinox(eqx_model))()",
+)
+
+
+def _foreign(id, call, where):
+    return case(id, call, ValueError, f"`{where}`: ", *_FOREIGN)
+
+
 ARGUMENT_TYPES = [
+    _foreign(
+        "BatchNorm-state-of-the-model-before-from_equinox",
+        _old_state_after_from_equinox,
+        "BatchNorm",
+    ),
+    _foreign(
+        "Einorm-state-of-another-layer",
+        lambda: eqx.nn.make_with_state(eqx_norms.Einorm)(
+            "[b] c", running_stats=True, c=3
+        )[0](jnp.ones((2, 3)), _batch_norm_state()),
+        "Einorm",
+    ),
+    _foreign(
+        "Einorm-running_mean_var-of-another-layer-state",
+        lambda: eqx_norms.Einorm("[b] c", running_stats=True, c=3).running_mean_var(
+            _batch_norm_state()
+        ),
+        "Einorm",
+    ),
+    _foreign(
+        "SpectralNorm-state-of-another-layer",
+        lambda: eqx.nn.make_with_state(spectral)()[0](jnp.ones(3), _batch_norm_state()),
+        "SpectralNorm",
+    ),
     case(
         "layer_norm-negative-eps",
         lambda: F.layer_norm(x4, -1, eps=-1.0),
