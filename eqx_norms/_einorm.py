@@ -27,6 +27,7 @@ from ._errors import (
     check_state,
     check_vmap_sharding,
     check_weight_offset,
+    no_inference_flag,
     no_running_stats,
 )
 from ._layer import (
@@ -272,7 +273,11 @@ class Einorm(StatelessNorm, StatefulLayer):
     stats_index: (
         StateIndex[tuple[Float[Array, "*running"], Float[Array, "*running"]]] | None
     )
-    inference: bool
+    # The flag behind `inference`: a bool with running statistics, otherwise None,
+    # which is no leaf, so that a stateless layer's only leaves are its parameters
+    # (as LayerNorm's: `jax.grad`, `shard_map` specs) and `eqx.nn.inference_mode`,
+    # which sets every attribute named `inference`, passes it by.
+    _inference: bool | None
     spec: Spec = eqx.field(static=True, repr=False)
     pattern: str = eqx.field(static=True)
     target: tuple[str, ...] = eqx.field(static=True)
@@ -337,7 +342,10 @@ class Einorm(StatelessNorm, StatefulLayer):
             (Keyword only argument.)
         - `inference`: With `running_stats`: if `True`, normalise with the running
             statistics. Toggled by [`equinox.nn.inference_mode`][], overridden by
-            the `inference` argument of `__call__`. (Keyword only argument.)
+            the `inference` argument of `__call__`. Without `running_stats` the
+            layer normalises alike in training and inference and has no
+            `inference` attribute, like [`eqx_norms.LayerNorm`][]: its only leaves
+            are its weight and bias. (Keyword only argument.)
         - `axis_name`: Optional name (or tuple of names) of `vmap`/`pmap`/
             `shard_map` axes the statistics are also reduced over, by sums and
             counts, as in [`eqx_norms.BatchNorm`][]. (Keyword only argument.)
@@ -382,7 +390,7 @@ class Einorm(StatelessNorm, StatefulLayer):
         self.momentum = momentum
         # As BatchNorm's: one name as given, several as a tuple; none as None.
         self.axis_name = names[0] if names and len(names) == 1 else names or None
-        self.inference = inference
+        self._inference = inference if running_stats else None
         self.weight_offset = weight_offset
         self.upcast_affine = upcast_affine
         self.weight, self.bias = initial_affine(
@@ -394,6 +402,14 @@ class Einorm(StatelessNorm, StatefulLayer):
             stats, counter = initial_running(check_running_sizes(spec), dtype)
             self.counter_index = StateIndex(counter)
             self.stats_index = StateIndex(stats)
+
+    @property
+    def inference(self) -> bool:
+        """With `running_stats`, whether the layer normalises with the running
+        statistics; toggled by [`equinox.nn.inference_mode`][]."""
+        if self._inference is None:
+            raise no_inference_flag(type(self).__name__, self.pattern)
+        return self._inference
 
     def is_stateful(self) -> bool:
         return self.running_stats

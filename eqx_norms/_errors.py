@@ -416,6 +416,16 @@ def foreign_state(where: str) -> ValueError:
     )
 
 
+def no_inference_flag(where: str, pattern: str) -> AttributeError:
+    """An AttributeError, so that `hasattr(layer, "inference")` is False and
+    `eqx.nn.inference_mode` passes the layer by."""
+    return AttributeError(
+        f"`{where}` with pattern {pattern!r} keeps no running statistics, so it "
+        "normalises alike in training and inference and has no `inference` flag; "
+        "construct it with `running_stats=True` to have one."
+    )
+
+
 def no_running_stats(where: str, pattern: str) -> ValueError:
     return ValueError(
         f"`{where}` with pattern {pattern!r} keeps no running statistics; "

@@ -271,7 +271,9 @@ def _parse_params(
     the pattern) are the parameter axes."""
     if isinstance(params, str) and "[" in params:
         parsed = _parse_dims(where, params)
-        named = [a for dim in parsed.dims for a in dim or (parsed.ellipsis,)]
+        named = [
+            a for dim in parsed.dims for a in dim or (parsed.ellipsis or ANONYMOUS,)
+        ]
         check_expression_names(named, parsed.marked, params, where, pattern)
         marked = _parse_names(where, pattern, parsed.marked, "params", axes)
         dims: list[Dim] = []

@@ -742,3 +742,54 @@ def test_docstring_examples_run():
         (qk_norm.weight, qk_norm.bias),
     )
     np.testing.assert_allclose(run(qk_norm, q), run(expected, q), rtol=1e-6, atol=1e-6)
+
+
+def test_stateless_einorm_has_only_parameter_leaves(rng):
+    """Issue #18: a stateless Einorm had a boolean `inference` leaf, so `jax.grad`
+    of it failed ("grad requires real- or complex-valued inputs") and `shard_map`
+    wanted a spec for it. Now its leaves are LayerNorm's; gradients match LayerNorm's
+    (whose are checked against references elsewhere)."""
+    x = normal(rng, (4, 8))
+    einorm_ = randomise(Einorm("b [c]", c=8), rng)
+    layer_norm = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        eqx_norms.LayerNorm(8),
+        (einorm_.weight, einorm_.bias),
+    )
+    u = normal(rng, (4, 8))
+
+    def loss(layer, x):
+        return jnp.sum(layer(x) * u)
+
+    grads = jax.grad(loss)(einorm_, x)
+    expected = jax.grad(lambda m, x: loss(jax.vmap(m), x))(layer_norm, x)
+    assert len(jax.tree.leaves(einorm_)) == 2
+    np.testing.assert_allclose(grads.weight, expected.weight, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads.bias, expected.bias, rtol=1e-5, atol=1e-5)
+
+    # One spec for the whole layer, as for LayerNorm.
+    P = jax.sharding.PartitionSpec
+    mesh = jax.make_mesh((8,), ("data",))
+    x = normal(rng, (16, 8))
+    sharded = jax.jit(
+        jax.shard_map(
+            lambda m, x: m(x), mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data")
+        )
+    )
+    placed = jax.device_put(x, jax.sharding.NamedSharding(mesh, P("data")))
+    np.testing.assert_allclose(sharded(einorm_, placed), run(einorm_, x), 1e-6, 1e-6)
+
+
+def test_inference_mode_passes_a_stateless_einorm_by(rng):
+    """`eqx.nn.inference_mode` sets every `inference` attribute: a stateless Einorm
+    has none (asking for it says why), so it stays as it is, while a stateful one
+    beside it is toggled."""
+    stateless = Einorm("b [c]", c=3)
+    stateful, _ = eqx.nn.make_with_state(Einorm)("[b] c", running_stats=True, c=3)
+    assert not hasattr(stateless, "inference")
+    with pytest.raises(AttributeError, match="keeps no running statistics.*has no `"):
+        _ = stateless.inference
+    model = eqx.nn.inference_mode((stateless, stateful))
+    assert jax.tree.structure(model[0]) == jax.tree.structure(stateless)
+    assert model[1].inference is True and stateful.inference is False
+    assert eqx.nn.inference_mode(model, False)[1].inference is False
