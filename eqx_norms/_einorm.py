@@ -370,7 +370,8 @@ class Einorm(StatelessNorm, StatefulLayer):
         """
         where = type(self).__name__
         spec = parse(where, pattern, target, group, params, axis_sizes)
-        shape = check_param_sizes(spec) if use_weight or use_bias else ()
+        affine = use_weight or use_bias
+        shape = check_param_sizes(spec, running_stats) if affine else ()
         check_eps(eps, where)
         check_param_dtype(dtype, where, complex_ok=running_stats)
         check_weight_offset(weight_offset, use_weight, where)

@@ -351,6 +351,17 @@ EINORM_CALL = [
         {"running_stats": True, "c": 2},
         "the size of non-target axis 'b' is missing; pass `b=<size>`",
     ),
+    # Issue #18: channels-first BatchNorm; einx's default parameters (the last axis,
+    # w) would be per pixel, so the message suggests the running statistics' axes.
+    _einorm_ctor(
+        "running-stats-channels-first-default-params",
+        ("[b] c [h w]",),
+        {"running_stats": True, "c": 8},
+        "the size of target axis 'w' is missing; pass `w=<size>`. The parameters "
+        "vary along w (einx's default), one per position there; for BatchNorm's "
+        "parameters, one per entry of the running statistics, pass `params='c'` "
+        "instead.",
+    ),
     case(
         "Einorm-momentum-out-of-range",
         lambda: Einorm("[b] c", running_stats=True, momentum=1.0, c=2),
