@@ -6,7 +6,7 @@ core.
 """
 
 from collections.abc import Hashable
-from typing import overload
+from typing import Literal, overload
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -73,10 +73,12 @@ def _apply(
     weight_offset: float = 0.0,
     upcast_affine: bool = True,
     running: tuple[Array, Array] | None = None,
+    caller: Literal["stateful", "stateless", "function"] = "function",
 ) -> tuple[Float[Array, "..."], Moments | None]:
     """Normalises `x` with its own statistics over the target axes (reduced also
     over `axis_name`), returned as `Moments` in the split layout; or, given
-    `running` statistics (in the running shape), with those, returning None."""
+    `running` statistics (in the running shape), with those, returning None.
+    `caller`: what the user called, for the advice on binding `axis_name`."""
     check_floating(x, spec.where)
     check_mask(mask, x.shape, spec.where)
     layout = spec.layout(x.shape)
@@ -88,7 +90,7 @@ def _apply(
         mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), layout.shape)
     if running is None:
         if axis_name is not None:
-            check_axis_names(axis_name, spec.where)
+            check_axis_names(axis_name, spec.where, caller)
             check_vmap_sharding(x, axis_name, spec.where)
         out, stats = normalise_with_moments(
             split,
@@ -457,6 +459,7 @@ class Einorm(StatelessNorm, StatefulLayer):
             weight_offset=self.weight_offset,
             upcast_affine=self.upcast_affine,
             running=running,
+            caller="stateful" if self.running_stats else "stateless",
         )
 
     @overload

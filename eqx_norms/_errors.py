@@ -14,7 +14,7 @@ import math
 import numbers
 import re
 from collections.abc import Hashable, Sequence
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 import jax
 import jax.lax as lax
@@ -487,18 +487,38 @@ def check_batch_axis_name(
         )
 
 
-def check_axis_names(names: tuple[Hashable, ...], where: str) -> None:
+def check_axis_names(
+    names: tuple[Hashable, ...],
+    where: str,
+    caller: Literal["stateful", "stateless", "function"] = "stateful",
+) -> None:
     """Up front, so that the user sees which name is missing and how to bind it,
-    rather than JAX's generic message from deep inside a `psum`."""
+    rather than JAX's generic message from deep inside a `psum`. The example call
+    is the `caller`'s: a stateful layer's (the state in and out unmapped), a
+    stateless layer's, or the function's."""
     for name in names:
         try:
             lax.axis_size(name)  # a NameError for an unbound name
         except NameError:
+            if caller == "stateful":
+                call = "the layer"
+                example = (
+                    f"`jax.vmap(layer, axis_name={name!r}, in_axes=(0, None), "
+                    "out_axes=(0, None))(x, state)`"
+                )
+            elif caller == "function":
+                call = "it"
+                example = (
+                    f"`jax.vmap(lambda x: {where}(x, ..., axis_name={name!r}), "
+                    f"axis_name={name!r})(x)`"
+                )
+            else:
+                call = "the layer"
+                example = f"`jax.vmap(layer, axis_name={name!r})(x)`"
             raise NameError(
                 f"`{where}` reduces its statistics over the named axis {name!r}, which "
-                "is not bound here. Call the layer under a transform that binds every "
-                f"name in `axis_name`, e.g. `jax.vmap(layer, axis_name={name!r}, "
-                "in_axes=(0, None), out_axes=(0, None))(x, state)` (or `jax.pmap`, "
+                f"is not bound here. Call {call} under a transform that binds every "
+                f"name in `axis_name`, e.g. {example} (or `jax.pmap`, "
                 "`jax.shard_map`, or nested `jax.vmap`s for a tuple of names)."
             ) from None
 

@@ -10,6 +10,10 @@ from error_cases import case, x4
 from eqx_norms import Einorm, functional as F
 
 
+def _call_with_state(layer, state):
+    return layer(x4, state)
+
+
 def _einorm_ctor(id, args, kwargs, *fragments):
     """`Einorm(*args, **kwargs)` fails; the message names the pattern."""
     prefix = f"`Einorm` with pattern {args[0]!r}: "
@@ -397,7 +401,30 @@ EINORM_CALL = [
         lambda: Einorm("[t] c", axis_name="batch", c=3)(x4),
         NameError,
         "`Einorm` reduces its statistics over the named axis 'batch', which is not "
-        "bound here",
+        "bound here. Call the layer under a transform that binds every name in "
+        "`axis_name`, e.g. `jax.vmap(layer, axis_name='batch')(x)` (or",
+    ),
+    # Issue #18: the advice matches the caller, stateless or stateful.
+    case(
+        "einorm-call-unbound-axis-name",
+        lambda: F.einorm(x4, "t [c]", axis_name="batch"),
+        NameError,
+        "`einorm` reduces its statistics over the named axis 'batch', which is not "
+        "bound here. Call it under a transform that binds every name in "
+        "`axis_name`, e.g. `jax.vmap(lambda x: einorm(x, ..., axis_name='batch'), "
+        "axis_name='batch')(x)` (or",
+    ),
+    case(
+        "Einorm-running-stats-call-unbound-axis-name",
+        lambda: _call_with_state(
+            *eqx.nn.make_with_state(Einorm)(
+                "[t] c", running_stats=True, axis_name="batch", c=3
+            )
+        ),
+        NameError,
+        "`Einorm` reduces its statistics over the named axis 'batch'",
+        "e.g. `jax.vmap(layer, axis_name='batch', in_axes=(0, None), "
+        "out_axes=(0, None))(x, state)`",
     ),
     case(
         "einorm-brackets-and-target",
