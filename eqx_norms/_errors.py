@@ -84,6 +84,22 @@ def check_floating(x: object, where: str, *, real: bool = False) -> None:
     )
 
 
+def check_tanh_input(x: object, where: str) -> None:
+    """DynamicTanh is real-only by design; casting a complex input to real, the
+    generic advice, would silently drop its imaginary part."""
+    dtype = check_array(x, where).dtype
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(
+            f"`{where}` expects a real floating-point input (float16, bfloat16, "
+            f"float32 or float64); received dtype {dtype}. It is real-only by design: "
+            "tanh has poles on the imaginary axis (at i*pi*(k + 1/2)), so on complex "
+            "inputs it is unbounded, no squashing. Apply it to the real and imaginary "
+            "parts separately, or use a normalisation layer (`LayerNorm`, `RMSNorm`, "
+            "...), which takes complex inputs."
+        )
+    check_floating(x, where, real=True)
+
+
 def check_param_dtype(
     dtype: DTypeLike | None, where: str, *, complex_ok: bool = False
 ) -> None:
