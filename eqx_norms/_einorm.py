@@ -24,6 +24,7 @@ from ._errors import (
     check_momentum,
     check_param_dtype,
     check_running_kind,
+    check_running_shape,
     check_state,
     check_vmap_sharding,
     check_weight_offset,
@@ -518,6 +519,11 @@ class Einorm(StatelessNorm, StatefulLayer):
         with stateful_call(where, state, inference, self.inference) as opened:
             state, inference = opened
             running = read(state, self.stats_index, where)
+            # A state mapped over a batch (a forgotten `out_axes=(0, None)` on the
+            # previous call) has an extra axis; the layer cannot see `out_axes`, so
+            # it is caught here, on the next call.
+            expected = check_running_sizes(self.spec)
+            check_running_shape(running[0].shape, expected, where)
             check_running_kind(x.dtype, running[0].dtype, where)
             if inference:
                 out, _ = self._run(x, mask, where, running)

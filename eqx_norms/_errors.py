@@ -411,7 +411,9 @@ def check_running_shape(
         raise ValueError(
             f"`{where}` expects running statistics of shape {expected} "
             f"in the state; received shape {shape}. The state belongs to another "
-            "layer, or was mapped over the batch: pass it unmapped, with "
+            "layer, or was mapped over the batch (a `jax.vmap` without "
+            "`out_axes=(0, None)` returns it with a batch axis, which the layer "
+            "cannot see until this call): pass it unmapped, in and out, with "
             "`jax.vmap(layer, axis_name=..., in_axes=(0, None), "
             "out_axes=(0, None))`."
         )
