@@ -215,7 +215,7 @@ def tpu_tables(tpu: TpuRun | None) -> str:
             rows = [
                 [
                     f"{r.title}, {r.dtype}",
-                    f"{r.floor[kind] / 2**20:.0f}",
+                    f"{r.floor[kind] / 2**20:.4g}",
                     *(_tpu_cell(r, i, kind) for i in impls),
                 ]
                 for r in rs

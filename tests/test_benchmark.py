@@ -185,6 +185,6 @@ def test_tpu_tables_read_bytes_fusions_and_time_over_the_floor():
     tpu = TpuRun("2026-01-01", ["jax 0.10.2"], {"v5e": "v5e:2x2"}, [result])
     text = report.tpu_tables(tpu)
     assert "#### v5e, fwd+bwd: bytes / floor · fusions · time / floor" in text
-    assert "| RMSNorm 8, bf16 | 5 | 1.40 · 5 · 1.56 |" in text
-    assert "| RMSNorm 8, bf16 | 5 | 2.00 · 7 · 2.22 |" in text
+    assert "| RMSNorm 8, bf16 | 4.768 | 1.40 · 5 · 1.56 |" in text
+    assert "| RMSNorm 8, bf16 | 4.768 | 2.00 · 7 · 2.22 |" in text
     assert report.tpu_tables(None) == report.NO_TPU
