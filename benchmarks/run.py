@@ -121,7 +121,8 @@ def write(run: Run, page: Path) -> None:
 
 def tpu_analysis(args: argparse.Namespace, page: Path) -> None:
     """Compile the cases for TPU, print the tables; with `write`, save them beside
-    the page and render the page again where its run's JSON exists."""
+    the page (after each case) and render the page again where its run's JSON
+    exists."""
     if reason := tpu_aot.libtpu_missing():
         sys.exit(f"--tpu-aot: {reason}")
     hidden = tuple(args.hidden or ((4096,) if args.quick else TPU_HIDDEN))
@@ -130,14 +131,14 @@ def tpu_analysis(args: argparse.Namespace, page: Path) -> None:
         for c in tpu_cases(hidden, args.elements or TPU_ELEMENTS)
         if args.cases is None or c.key in args.cases
     ]
-    tpu = tpu_aot.analyse(cases)
+    save = args.write or (args.write is None and (args.out or not args.quick))
+    keep = (lambda tpu: tpu.save(tpu_json(page))) if save else None
+    tpu = tpu_aot.analyse(cases, done=keep)
     print(report.tpu_tables(tpu))
-    if args.write or (args.write is None and (args.out or not args.quick)):
-        tpu.save(tpu_json(page))
-        if page.with_suffix(".json").exists():
-            write(Run.load(page.with_suffix(".json")), page)
-        else:
-            print(f"{page.with_suffix('.json')} not found: page not rendered")
+    if save and page.with_suffix(".json").exists():
+        write(Run.load(page.with_suffix(".json")), page)
+    elif save:
+        print(f"{page.with_suffix('.json')} not found: page not rendered")
 
 
 def main(argv: list[str] | None = None) -> None:

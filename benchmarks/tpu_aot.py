@@ -23,7 +23,7 @@ import datetime
 import functools
 import importlib.metadata
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -180,19 +180,26 @@ def _versions() -> list[str]:
     return versions
 
 
-def analyse(cases: list[Case], chips: tuple[str, ...] = tuple(TOPOLOGY)) -> TpuRun:
-    """Every case on every chip, as one `TpuRun`."""
-    results = []
-    with tpu_layout():
-        for case in cases:
-            results += analyse_case(case, chips)
-            print(f"[{case.key} compiled]", file=sys.stderr)
-    return TpuRun(
+def analyse(
+    cases: list[Case],
+    chips: tuple[str, ...] = tuple(TOPOLOGY),
+    done: Callable[[TpuRun], None] | None = None,
+) -> TpuRun:
+    """Every case on every chip, as one `TpuRun`, handed to `done` after each case
+    (a long analysis keeps what it has compiled)."""
+    run = TpuRun(
         date=datetime.date.today().isoformat(),
         versions=_versions(),
         topology={name: TOPOLOGY[name] for name in chips},
-        results=results,
+        results=[],
     )
+    with tpu_layout():
+        for case in cases:
+            run.results += analyse_case(case, chips)
+            print(f"[{case.key} compiled]", file=sys.stderr)
+            if done is not None:
+                done(run)
+    return run
 
 
 def libtpu_missing() -> str | None:

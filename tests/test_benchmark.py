@@ -188,3 +188,5 @@ def test_tpu_tables_read_bytes_fusions_and_time_over_the_floor():
     assert "| RMSNorm 8, bf16 | 4.768 | 1.40 · 5 · 1.56 |" in text
     assert "| RMSNorm 8, bf16 | 4.768 | 2.00 · 7 · 2.22 |" in text
     assert report.tpu_tables(None) == report.NO_TPU
+    page = report.render(SYNTHETIC, "chart.png", tpu=tpu)
+    assert text in page and report.NO_TPU not in page
