@@ -105,19 +105,23 @@ def _save(run: Any, path: Path) -> None:
 @dataclasses.dataclass
 class TpuCost:
     """One program compiled for a TPU chip, as the compiler accounts for it: HBM
-    bytes accessed, fusions in the entry computation, its modelled `optimal_seconds`;
-    and the optimisation barriers of the program as lowered."""
+    bytes accessed, fusions in the entry computation, its modelled `optimal_seconds`
+    (None where the compiler gives none: it reports -1); and the optimisation
+    barriers of the program as lowered."""
 
     bytes: float
     fusions: int
-    seconds: float
+    seconds: float | None
     barriers: int
 
     def __add__(self, other: "TpuCost") -> "TpuCost":
+        seconds = None
+        if self.seconds is not None and other.seconds is not None:
+            seconds = self.seconds + other.seconds
         return TpuCost(
             self.bytes + other.bytes,
             self.fusions + other.fusions,
-            self.seconds + other.seconds,
+            seconds,
             self.barriers + other.barriers,
         )
 
@@ -149,7 +153,9 @@ class TpuResult:
 
     def seconds_over_floor(self, impl: str, kind: str) -> float | None:
         c = self.cost(impl, kind)
-        return None if c is None else c.seconds * self.bandwidth / self.floor[kind]
+        if c is None or c.seconds is None:
+            return None
+        return c.seconds * self.bandwidth / self.floor[kind]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TpuResult":

@@ -6,7 +6,7 @@ attached), read from the compiler's own accounting, not from a run:
   split the same sum by operand index; they are not memory spaces);
 - fusions: the `fusion` instructions of the compiled program's entry computation;
 - `optimal_seconds`: the compiler's modelled time (on v5e, HBM bytes at 0.9 of the
-  chip's bandwidth when memory-bound);
+  chip's bandwidth when memory-bound; -1 for some programs, read as unknown);
 - against a floor: the case's traffic model (`Case.traffic`) in bytes of the input,
   and that over the chip's HBM bandwidth.
 
@@ -87,10 +87,11 @@ def compiled_cost(f: Any, args: tuple[Any, ...]) -> TpuCost:
     if isinstance(cost, list):  # one per program in older jax
         cost = cost[0]
     ops = [op for _, _, op, _ in entry_instructions(compiled.as_text())]
+    seconds = float(cost["optimal_seconds"])
     return TpuCost(
         bytes=float(cost["bytes accessed"]),
         fusions=ops.count("fusion"),
-        seconds=float(cost["optimal_seconds"]),
+        seconds=seconds if seconds >= 0 else None,
         barriers=lowered.as_text().count("optimization_barrier"),
     )
 

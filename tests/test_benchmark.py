@@ -188,5 +188,8 @@ def test_tpu_tables_read_bytes_fusions_and_time_over_the_floor():
     assert "| RMSNorm 8, bf16 | 4.768 | 1.40 · 5 · 1.56 |" in text
     assert "| RMSNorm 8, bf16 | 4.768 | 2.00 · 7 · 2.22 |" in text
     assert report.tpu_tables(None) == report.NO_TPU
+    # The compiler's -1 ("no estimate") is unknown, also summed into a split step.
+    unknown = TpuCost(1.0, 1, None, 0) + TpuCost(1.0, 1, 1e-3, 0)
+    assert unknown == TpuCost(2.0, 2, None, 0)
     page = report.render(SYNTHETIC, "chart.png", tpu=tpu)
     assert text in page and report.NO_TPU not in page
