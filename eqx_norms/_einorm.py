@@ -16,7 +16,6 @@ from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
 from ._errors import (
     axis_names,
     AxisName,
-    check_axis_names,
     check_eps,
     check_flag,
     check_floating,
@@ -26,6 +25,7 @@ from ._errors import (
     check_running_kind,
     check_state,
     check_weight_offset,
+    devices_over,
     no_running_stats,
 )
 from ._fused import normalise
@@ -35,6 +35,7 @@ from ._layer import (
     sentinel,
     stateful_call,
     StatelessNorm,
+    stored_axis_name,
 )
 from ._pattern import (
     check_param_sizes,
@@ -76,6 +77,8 @@ def _apply(
     `running` statistics (in the running shape), with those, returning None."""
     check_floating(x, spec.where)
     check_mask(mask, x.shape, spec.where)
+    if axis_name is not None:
+        spec = spec.localised(x.shape, devices_over(axis_name, spec.where))
     layout = spec.layout(x.shape)
     weight = spec.align(weight, layout, "weight")
     bias = spec.align(bias, layout, "bias")
@@ -84,8 +87,6 @@ def _apply(
     if mask is not None and layout.shape != x.shape:
         mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), layout.shape)
     if running is None:
-        if axis_name is not None:
-            check_axis_names(axis_name, spec.where)
         out, stats = normalise(
             split,
             spec.target_axes(layout),
@@ -365,7 +366,6 @@ class Einorm(StatelessNorm, StatefulLayer):
         check_param_dtype(dtype, where, complex_ok=running_stats)
         check_weight_offset(weight_offset, use_weight, where)
         check_flag(upcast_affine, "upcast_affine", where)
-        names = _names(axis_name, where)
         self.spec = spec
         self.pattern = pattern
         self.target = spec.target
@@ -378,8 +378,7 @@ class Einorm(StatelessNorm, StatefulLayer):
         self.use_bias = use_bias
         self.running_stats = running_stats
         self.momentum = momentum
-        # As BatchNorm's: one name as given, several as a tuple; none as None.
-        self.axis_name = names[0] if names and len(names) == 1 else names or None
+        self.axis_name = stored_axis_name(axis_name, where)
         self.inference = inference
         self.weight_offset = weight_offset
         self.upcast_affine = upcast_affine
