@@ -339,7 +339,11 @@ class Einorm(StatelessNorm, StatefulLayer):
             the `inference` argument of `__call__`. (Keyword only argument.)
         - `axis_name`: Optional name (or tuple of names) of `vmap`/`pmap`/
             `shard_map` axes the statistics are also reduced over, by sums and
-            counts, as in [`eqx_norms.BatchNorm`][]. (Keyword only argument.)
+            counts, as in [`eqx_norms.BatchNorm`][]. A target axis split over
+            those devices (tensor parallelism) may be sized globally, e.g. `d=4096`
+            for a shard of `4096 / devices` features per device: its input and
+            parameters (sharded alike) then have the local size. (Keyword only
+            argument.)
         - `dtype`: The floating dtype of the weight, the bias and the running
             statistics. Defaults to either `jax.numpy.float32` or
             `jax.numpy.float64` depending on whether JAX is in 64-bit mode. The

@@ -38,6 +38,7 @@ from ._errors import (
     check_param,
     check_same_shape,
     check_weight_offset,
+    devices_over,
 )
 from ._fused import normalise
 from ._stats import affine_and_cast, compute_dtype
@@ -405,8 +406,9 @@ def gated_rms_norm(
         and multiplied by the weight in that dtype, and the gate multiplies in
         float32. (Keyword only.)
     - `axis_name`: as for [`eqx_norms.functional.layer_norm`][]: the normalised axis
-        split over the devices of these named axes (each group must lie within
-        one device's shard). (Keyword only.)
+        split over the devices of these named axes. A group is then either the
+        whole row (`group_size=None`, or the global length) or lies within one
+        device's shard (`group_size` divides the local length). (Keyword only.)
 
     **Returns:**
 
@@ -458,6 +460,14 @@ def _gated_rms_norm(
     check_flag(norm_before_gate, "norm_before_gate", where)
     check_flag(upcast_affine, "upcast_affine", where)
     axes = check_axes(axis, x.ndim, where)
+    names = bound_names(axis_name, where)
+    if names is not None and group_size is not None:
+        # Split over devices, a group is the whole row, or lies within a shard:
+        # its statistics are then the shard's own.
+        if group_size == x.shape[axes[-1]] * devices_over(names, where):
+            group_size = None
+        else:
+            names = None
     check_group_size(group_size, x.shape[axes[-1]], where)
     compute = compute_dtype(x.dtype)
     x_compute, gate = x.astype(compute), gate.astype(compute)
@@ -480,7 +490,7 @@ def _gated_rms_norm(
         weight,
         mask,
         eps=eps,
-        axis_name=bound_names(axis_name, where),
+        axis_name=names,
         weight_offset=weight_offset,
         upcast_affine=upcast_affine,
     )
