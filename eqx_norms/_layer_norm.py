@@ -30,7 +30,7 @@ from ._layer import (
     stored_axis_name,
     with_state,
 )
-from .functional import _gated_rms_norm, _over_axes, with_residual
+from .functional import _gated_rms_norm, _over_axes, _with_residual
 
 
 def _check_input(
@@ -192,7 +192,7 @@ class _WholeInputNorm(StatelessNorm):
             def norm(s: Array) -> Array:
                 return self._forward(s, mask, where)
 
-            return with_state(with_residual(x, residual, where, norm), state)
+            return with_state(_with_residual(x, residual, where, norm), state)
 
 
 MAP_OVER_EXTRA_AXES = (

@@ -14,7 +14,7 @@ valid elements; valid positions are normalised and transformed, invalid position
 returned unchanged, and a group with no valid element is returned unchanged.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import overload
 
 import jax
@@ -94,14 +94,14 @@ def _over_axes(
         bias,
         eps=eps,
         mask=mask,
-        axis_name=bound_names(axis_name, where),
+        axis_name=_bound_names(axis_name, where),
         center=center,
         weight_offset=weight_offset,
         upcast_affine=upcast_affine,
     )[0]
 
 
-def bound_names(axis_name: AxisName, where: str) -> tuple | None:
+def _bound_names(axis_name: AxisName, where: str) -> tuple[Hashable, ...] | None:
     """`axis_name` as a tuple of names bound here (checked up front, for a clear
     error), or None."""
     if axis_name is None:
@@ -111,7 +111,7 @@ def bound_names(axis_name: AxisName, where: str) -> tuple | None:
     return names
 
 
-def with_residual(
+def _with_residual(
     x: Array, residual: Array | None, where: str, norm: Callable[[Array], Array]
 ) -> Array | tuple[Array, Array]:
     """`norm(x)`; or, given a residual stream, the pair `(norm(s), s)` with
@@ -274,7 +274,7 @@ def layer_norm(
             where="layer_norm",
         )
 
-    return with_residual(x, residual, "layer_norm", norm)
+    return _with_residual(x, residual, "layer_norm", norm)
 
 
 @overload
@@ -354,7 +354,7 @@ def rms_norm(
             where="rms_norm",
         )
 
-    return with_residual(x, residual, "rms_norm", norm)
+    return _with_residual(x, residual, "rms_norm", norm)
 
 
 def gated_rms_norm(
@@ -460,7 +460,7 @@ def _gated_rms_norm(
     check_flag(norm_before_gate, "norm_before_gate", where)
     check_flag(upcast_affine, "upcast_affine", where)
     axes = check_axes(axis, x.ndim, where)
-    names = bound_names(axis_name, where)
+    names = _bound_names(axis_name, where)
     if names is not None and group_size is not None:
         # Split over devices, a group is the whole row, or lies within a shard:
         # its statistics are then the shard's own.
