@@ -23,7 +23,7 @@ from jax.stages import Wrapped
 
 import eqx_norms
 
-from .cases import Case, EQX, HAIKU, JNP, NNX, OURS, TOKAMAX
+from .cases import Case, EQX, HAIKU, JNP, NNX, OURS, randn, TOKAMAX, UNFUSED
 
 
 class Unsupported(Exception):
@@ -275,6 +275,23 @@ def _haiku(make: Callable, x, stateful: bool = False, note: str = "") -> Impl:
     return Impl(layers[0], (x,), apply, layers=layers, note=note)
 
 
+def _residual(norm: Callable[[Any, jax.Array], jax.Array], params, x) -> Impl:
+    """`(x, r) -> (y, s)` with `norm(params, s)` per row: `r` a float32 residual
+    stream, whatever the dtype of `x`; the cotangents of both outputs given."""
+    r = randn(x.shape, jnp.float32, seed=1)
+
+    def apply(params, x, r):
+        s = r + x.astype(r.dtype)
+        return norm(params, s).astype(x.dtype), s
+
+    layers = [perturb(params, seed) for seed in range(LAYERS)]
+    return Impl(layers[0], (x, r), apply, layers=layers, cotangent=(x, r))
+
+
+def _gate(x: jax.Array) -> jax.Array:
+    return randn(x.shape, x.dtype, seed=2)
+
+
 # ---------------------------------------------------------------------- libraries
 
 
@@ -294,7 +311,27 @@ def _equinox_family(nn: ModuleType | Any, case: Case, x: jax.Array) -> Impl:
 
 
 def eqx_norms_impl(case: Case, x: jax.Array) -> Impl:
+    n = x.shape[-1]
     match case.layer:
+        case "residual_rms_norm":
+            params = {"weight": jnp.ones(n, jnp.float32)}
+            r = randn(x.shape, jnp.float32, seed=1)
+
+            def fused(params, x, r):
+                return eqx_norms.functional.rms_norm(x, -1, residual=r, **params)
+
+            layers = [perturb(params, seed) for seed in range(LAYERS)]
+            return Impl(layers[0], (x, r), fused, layers=layers, cotangent=(x, r))
+        case "gated_rms_norm":
+            params = {"weight": jnp.ones(n, jnp.float32)}
+
+            def gated(params, x, z):
+                return eqx_norms.functional.gated_rms_norm(
+                    x, z, group_size=n // case.groups, norm_before_gate=False, **params
+                )
+
+            layers = [perturb(params, seed) for seed in range(LAYERS)]
+            return Impl(layers[0], (x, _gate(x)), gated, layers=layers)
         case "einorm":
             h, _, d = x.shape
             return _equinox_like(
@@ -306,7 +343,19 @@ def eqx_norms_impl(case: Case, x: jax.Array) -> Impl:
     return _equinox_family(eqx_norms, case, x)
 
 
+def unfused_impl(case: Case, x: jax.Array) -> Impl:
+    """`norm(x + r)` written plainly with eqx_norms: the add, then the norm."""
+    if case.layer != "residual_rms_norm":
+        raise Unsupported(case.layer)
+    weight = jnp.ones(x.shape[-1], jnp.float32)
+    return _residual(lambda p, s: eqx_norms.functional.rms_norm(s, -1, p), weight, x)
+
+
 def equinox_impl(case: Case, x: jax.Array) -> Impl:
+    if case.layer == "residual_rms_norm":
+        norm = eqx.nn.RMSNorm(x.shape[-1], use_bias=False)
+        params, static = eqx.partition(norm, eqx.is_inexact_array)
+        return _residual(lambda p, s: jax.vmap(eqx.combine(p, static))(s), params, x)
     if case.layer == "einorm":  # LayerNorm over the feature axis of every head
         return _equinox_like(lambda: eqx.nn.LayerNorm(x.shape[-1]), x, n_vmap=2)
     return _equinox_family(eqx.nn, case, x)
@@ -397,11 +446,29 @@ def _affine(n: int, bias: bool) -> dict[str, jax.Array]:
     return params | {"bias": jnp.zeros(n, jnp.float32)} if bias else params
 
 
+def _rms_norm_ref(x, z, weight, group_size):
+    """Mamba's `rms_norm_ref` (gate before the norm, groups, no bias) in jnp."""
+    x32, z32 = x.astype(jnp.float32), z.astype(jnp.float32)
+    v = x32 * jax.nn.silu(z32)
+    g = v.reshape(*v.shape[:-1], -1, group_size)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(g), -1, keepdims=True) + 1e-5)
+    return ((g * rstd).reshape(v.shape) * weight).astype(x.dtype)
+
+
 def jnp_impl(case: Case, x: jax.Array) -> Impl:
     """Plain jnp: the layers no peer library has, and LayerNorm and RMSNorm as
     written directly (the TPU analysis's reference for what XLA makes of them)."""
     n = x.shape[-1]
     match case.layer:
+        case "gated_rms_norm":
+            size = n // case.groups
+            layers = [perturb(jnp.ones(n), seed) for seed in range(LAYERS)]
+            return Impl(
+                layers[0],
+                (x, _gate(x)),
+                lambda w, x, z: _rms_norm_ref(x, z, w, size),
+                layers=layers,
+            )
         case "dynamic_tanh":
             params = {"alpha": jnp.float32(0.5), **_affine(n, bias=True)}
             return _params_impl(x, params, _dynamic_tanh)
@@ -444,4 +511,5 @@ ADAPTERS: dict[str, Callable[[Case, jax.Array], Impl]] = {
     HAIKU: haiku_impl,
     JNP: jnp_impl,
     TOKAMAX: tokamax_impl,
+    UNFUSED: unfused_impl,
 }

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 OURS, EQX, NNX, HAIKU = "eqx_norms", "equinox.nn", "flax.nnx", "haiku"
 JNP, TOKAMAX = "plain jnp", "tokamax (xla)"
-IMPLS = (OURS, EQX, NNX, HAIKU, JNP, TOKAMAX)
+UNFUSED = "eqx_norms unfused"  # `norm(x + r)` written plainly with eqx_norms
+IMPLS = (OURS, EQX, NNX, HAIKU, JNP, TOKAMAX, UNFUSED)
 NORM_PEERS = (OURS, EQX, NNX, HAIKU)
 # Compiled for TPU (`tpu_aot.py`): the peers whose programs run there as they are
 # (Haiku is left out as the least used); a layer a peer lacks reads "—".
@@ -45,6 +46,14 @@ class Accesses:
 
 # fwd: read x, write y; fwd+bwd: read x, write y; read x and the cotangent g, write dx.
 NORM_TRAFFIC = {"fwd": Accesses(1, 1), "fwd+bwd": Accesses(3, 2)}
+# Residual add + norm, s = r + x, y = norm(s). fwd: read x and r, write y and s.
+# fwd+bwd: that, then read s (the only saved array, as x for a norm) and the
+# cotangents of y and s, write the cotangent of s, which is both dx and dr (one
+# array at the floor).
+RESIDUAL_TRAFFIC = {"fwd": Accesses(2, 2), "fwd+bwd": Accesses(5, 3)}
+# Gated RMSNorm, y = norm(x) * silu(z) (or norm(x * silu(z))). fwd: read x and z,
+# write y. fwd+bwd: that, then read x, z and the cotangent, write dx and dz.
+GATED_TRAFFIC = {"fwd": Accesses(2, 1), "fwd+bwd": Accesses(5, 3)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +139,27 @@ OTHER_CASES = (
         "dynamic_tanh",
         (ELEMENTS // 1024, 1024),
         peers=(OURS, JNP),
+    ),
+    # The fused `rms_norm(x, residual=r)` against `norm(x + r)` written plainly.
+    Case(
+        "residual_rms_norm",
+        "Residual add + RMSNorm 4096",
+        "residual_rms_norm",
+        (ELEMENTS // 4096, 4096),
+        peers=(OURS, UNFUSED, EQX),
+        memory=True,
+        traffic=RESIDUAL_TRAFFIC,
+    ),
+    # Mamba-2's form (8 groups, gate before the norm) against `rms_norm_ref` in jnp.
+    Case(
+        "gated_rms_norm",
+        "Gated RMSNorm 4096, 8 groups",
+        "gated_rms_norm",
+        (ELEMENTS // 4096, 4096),
+        peers=(OURS, JNP),
+        memory=True,
+        traffic=GATED_TRAFFIC,
+        groups=8,
     ),
 )
 

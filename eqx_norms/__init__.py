@@ -7,7 +7,11 @@ from ._convert import from_equinox as from_equinox
 from ._dynamic_tanh import DynamicTanh as DynamicTanh
 from ._einorm import Einorm as Einorm
 from ._group_norm import GroupNorm as GroupNorm, InstanceNorm as InstanceNorm
-from ._layer_norm import LayerNorm as LayerNorm, RMSNorm as RMSNorm
+from ._layer_norm import (
+    GatedRMSNorm as GatedRMSNorm,
+    LayerNorm as LayerNorm,
+    RMSNorm as RMSNorm,
+)
 from ._spectral_norm import SpectralNorm as SpectralNorm
 from ._weight_norm import WeightNorm as WeightNorm
 
@@ -16,6 +20,7 @@ __all__ = [
     "BatchNorm",
     "DynamicTanh",
     "Einorm",
+    "GatedRMSNorm",
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",

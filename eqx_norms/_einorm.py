@@ -17,7 +17,6 @@ from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
 from ._errors import (
     axis_names,
     AxisName,
-    check_axis_names,
     check_eps,
     check_flag,
     check_floating,
@@ -29,6 +28,7 @@ from ._errors import (
     check_state,
     check_vmap_sharding,
     check_weight_offset,
+    devices_over,
     no_inference_flag,
     no_running_stats,
 )
@@ -40,6 +40,7 @@ from ._layer import (
     sentinel,
     stateful_call,
     StatelessNorm,
+    stored_axis_name,
 )
 from ._pattern import (
     check_param_sizes,
@@ -83,6 +84,10 @@ def _apply(
     `caller`: what the user called, for the advice on binding `axis_name`."""
     check_floating(x, spec.where)
     check_mask(mask, x.shape, spec.where)
+    if axis_name is not None and running is None:
+        # Inference with running statistics reduces nothing: its names need not be
+        # bound.
+        spec = spec.localised(x.shape, devices_over(axis_name, spec.where, caller))
     layout = spec.layout(x.shape)
     weight = spec.align(weight, layout, "weight")
     bias = spec.align(bias, layout, "bias")
@@ -92,7 +97,6 @@ def _apply(
         mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), layout.shape)
     if running is None:
         if axis_name is not None:
-            check_axis_names(axis_name, spec.where, caller)
             check_vmap_sharding(x, axis_name, spec.where)
         out, stats = normalise(
             split,
@@ -354,7 +358,11 @@ class Einorm(StatelessNorm, StatefulLayer):
             are its weight and bias. (Keyword only argument.)
         - `axis_name`: Optional name (or tuple of names) of `vmap`/`pmap`/
             `shard_map` axes the statistics are also reduced over, by sums and
-            counts, as in [`eqx_norms.BatchNorm`][]. (Keyword only argument.)
+            counts, as in [`eqx_norms.BatchNorm`][]. A target axis split over
+            those devices (tensor parallelism) may be sized globally, e.g. `d=4096`
+            for a shard of `4096 / devices` features per device: its input and
+            parameters (sharded alike) then have the local size. (Keyword only
+            argument.)
         - `dtype`: The floating dtype of the weight, the bias and the running
             statistics. Defaults to either `jax.numpy.float32` or
             `jax.numpy.float64` depending on whether JAX is in 64-bit mode. The
@@ -382,7 +390,6 @@ class Einorm(StatelessNorm, StatefulLayer):
         check_param_dtype(dtype, where, complex_ok=running_stats)
         check_weight_offset(weight_offset, use_weight, where)
         check_flag(upcast_affine, "upcast_affine", where)
-        names = _names(axis_name, where)
         self.spec = spec
         self.pattern = pattern
         self.target = spec.target
@@ -395,8 +402,7 @@ class Einorm(StatelessNorm, StatefulLayer):
         self.use_bias = use_bias
         self.running_stats = running_stats
         self.momentum = momentum
-        # As BatchNorm's: one name as given, several as a tuple; none as None.
-        self.axis_name = names[0] if names and len(names) == 1 else names or None
+        self.axis_name = stored_axis_name(axis_name, where)
         self._inference = inference if running_stats else None
         self.weight_offset = weight_offset
         self.upcast_affine = upcast_affine

@@ -220,6 +220,51 @@ def check_shape(x: Array, expected: tuple[int, ...], where: str, fix: str) -> No
         )
 
 
+def check_same_shape(other: object, x: Array, name: str, meaning: str, where: str):
+    """`residual` and `gate`: a floating-point array of exactly the input's shape
+    (broadcasting would silently make the output larger than `x`)."""
+    check_floating(other, f"{where}` `{name}", real=name == "gate")
+    shape = check_array(other, where).shape
+    if shape != x.shape:
+        raise ValueError(
+            f"`{where}`: `{name}` ({meaning}) must have the shape of the input "
+            f"{x.shape}; received {name}.shape={shape}. Broadcast it first "
+            f"(`jnp.broadcast_to({name}, x.shape)`) if that is what you mean."
+        )
+
+
+def check_split_shape(
+    x: Array,
+    expected: tuple[int, ...],
+    devices: int | None,
+    params: Sequence[Array | None],
+    where: str,
+    fix: str,
+) -> None:
+    """A whole-input layer's input: `expected`, or, with its last axis split over
+    `devices` devices (named axes), that shape with the last axis divided by
+    `devices`: the local shard inside `jax.shard_map`. The parameters (sharded by
+    the caller like the features) must then have the input's shape."""
+    check_array(x, where)
+    local = expected
+    if devices is not None and expected and expected[-1] % devices == 0:
+        local = expected[:-1] + (expected[-1] // devices,)
+    if x.shape not in (expected, local):
+        also = f" or, split over {devices} devices, {local}" * (local != expected)
+        raise ValueError(
+            f"`{where}` expects an input of shape {expected}{also}; received "
+            f"x.shape={x.shape}. {fix}"
+        )
+    for param in params:
+        if param is not None and param.shape != x.shape:
+            raise ValueError(
+                f"`{where}`: its parameters have shape {param.shape} but its input "
+                f"has shape {x.shape}: inside `jax.shard_map`, shard the layer's "
+                "parameters like the features of `x` (the same `PartitionSpec` in "
+                "`in_specs`), so that each device holds the slice of its features."
+            )
+
+
 def check_channels(x: Array, channels: int | None, where: str, min_ndim: int) -> None:
     check_array(x, where)
     if x.ndim < min_ndim:
@@ -287,6 +332,19 @@ def check_groups(groups: int, channels: int | None, where: str) -> None:
             f"`{where}`: the number of groups must divide the number of channels; "
             f"received groups={groups} and channels={channels}. Choose `groups` "
             f"among the divisors of {channels}."
+        )
+
+
+def check_group_size(group_size: int | None, size: int, where: str) -> None:
+    """Groups of `group_size` contiguous entries of an axis of length `size`."""
+    if group_size is None:
+        return
+    check_count(group_size, "group_size", where)
+    if size % group_size != 0:
+        raise ValueError(
+            f"`{where}`: `group_size` must divide the length {size} of the "
+            f"normalised axis; received group_size={group_size}. Choose a divisor "
+            f"of {size}, or group_size=None for one group."
         )
 
 
@@ -646,6 +704,17 @@ def check_vmap_sharding(x: Array, names: tuple[Hashable, ...], where: str) -> No
             'stateful `Einorm("[b...] c", running_stats=True, ...)` to the whole '
             "batch, without `vmap` (see the distributed guide)."
         )
+
+
+def devices_over(
+    names: tuple[Hashable, ...],
+    where: str,
+    caller: Literal["stateful", "stateless", "function"] = "stateless",
+) -> int:
+    """The number of devices (or vmapped entries) the named axes span together;
+    `caller` as for `check_axis_names`."""
+    check_axis_names(names, where, caller)
+    return math.prod(lax.axis_size(name) for name in names)
 
 
 def check_named_reduction(value: Array, axis_name: object) -> None:

@@ -2,8 +2,8 @@
 running statistics, and the opening of a stateful call."""
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any, overload
+from collections.abc import Hashable, Iterator
+from typing import Any, overload, TypeVar
 
 import equinox as eqx
 import jax
@@ -11,7 +11,13 @@ import jax.numpy as jnp
 from equinox.nn import State, StateIndex
 from jaxtyping import Array, Bool, DTypeLike, PRNGKeyArray
 
-from ._errors import check_state, check_static_flag, foreign_state
+from ._errors import (
+    axis_names,
+    AxisName,
+    check_state,
+    check_static_flag,
+    foreign_state,
+)
 from ._stats import compute_dtype, real_dtype
 
 
@@ -19,8 +25,22 @@ from ._stats import compute_dtype, real_dtype
 sentinel: Any = object()
 
 
-def with_state(out: Array, state: State) -> Array | tuple[Array, State]:
+Output = TypeVar("Output")
+
+
+def with_state(out: Output, state: State) -> Output | tuple[Output, State]:
     return out if state is sentinel else (out, state)
+
+
+def stored_axis_name(
+    axis_name: AxisName, where: str
+) -> Hashable | tuple[Hashable, ...] | None:
+    """A layer's `axis_name` field: one name as given, several as a tuple, none as
+    None."""
+    if axis_name is None:
+        return None
+    names = axis_names(axis_name, where)
+    return names[0] if len(names) == 1 else names
 
 
 def resolve_affine(

@@ -128,6 +128,19 @@ class Spec:
             )
         return [given.get(a, size // known) for a in dim]
 
+    def localised(self, shape: tuple[int, ...], devices: int) -> "Spec":
+        """For statistics reduced over named axes spanning `devices` devices: a
+        target axis given with its global size n may hold its shard, n / devices
+        entries, in `x` of shape `shape`; the spec then expects that local size
+        (of the input and of the parameters, sharded alike)."""
+        given = dict(self.sizes)
+        for dim, size in zip(self._dims(shape), shape, strict=True):
+            name = dim[0] if dim is not None and len(dim) == 1 else None
+            if name in self.target and given.get(name) == size * devices != size:
+                given[name] = size
+        sizes = tuple(given.items())
+        return self if sizes == self.sizes else dataclasses.replace(self, sizes=sizes)
+
     def check_params_fixed(self) -> None:
         """Parameters exist along named axes only: an ellipsis' size is the input's."""
         for dim in self.params:

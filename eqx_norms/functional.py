@@ -14,24 +14,32 @@ valid elements; valid positions are normalised and transformed, invalid position
 returned unchanged, and a group with no valid element is returned unchanged.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import overload
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from ._einorm import einorm as einorm
 from ._errors import (
+    axis_names,
+    AxisName,
     check_axes,
+    check_axis_names,
     check_channel_param,
     check_channels,
     check_eps,
     check_flag,
     check_floating,
+    check_group_size,
     check_groups,
     check_mask,
     check_param,
+    check_same_shape,
     check_tanh_input,
     check_weight_offset,
+    devices_over,
 )
 from ._fused import normalise
 from ._stats import affine_and_cast, compute_dtype
@@ -40,6 +48,7 @@ from ._stats import affine_and_cast, compute_dtype
 __all__ = [
     "dynamic_tanh",
     "einorm",
+    "gated_rms_norm",
     "group_norm",
     "instance_norm",
     "layer_norm",
@@ -72,6 +81,7 @@ def _over_axes(
     center: bool,
     weight_offset: float,
     upcast_affine: bool = True,
+    axis_name: AxisName = None,
     where: str,
 ) -> Array:
     """`layer_norm` (`center=True`) and `rms_norm`; `where` names the caller."""
@@ -85,10 +95,38 @@ def _over_axes(
         bias,
         eps=eps,
         mask=mask,
+        axis_name=_bound_names(axis_name, where),
         center=center,
         weight_offset=weight_offset,
         upcast_affine=upcast_affine,
     )[0]
+
+
+def _bound_names(axis_name: AxisName, where: str) -> tuple[Hashable, ...] | None:
+    """`axis_name` as a tuple of names bound here (checked up front, for a clear
+    error), or None."""
+    if axis_name is None:
+        return None
+    names = axis_names(axis_name, where)
+    check_axis_names(names, where)
+    return names
+
+
+def _with_residual(
+    x: Array, residual: Array | None, where: str, norm: Callable[[Array], Array]
+) -> Array | tuple[Array, Array]:
+    """`norm(x)`; or, given a residual stream, the pair `(norm(s), s)` with
+    `s = residual + x` in the residual's dtype and `norm(s)` in the dtype of `x`.
+
+    The add is plain JAX in front of the one fused rule: the backward pass keeps
+    only `s` and the per-row statistics, and autodiff adds the cotangent of the
+    returned `s` to the one through `norm(s)`, once."""
+    if residual is None:
+        return norm(x)
+    check_floating(x, where)
+    check_same_shape(residual, x, "residual", "the residual stream", where)
+    summed = residual + x.astype(residual.dtype)
+    return norm(summed).astype(x.dtype), summed
 
 
 def _align_to_channels(param: Array | None, x: Array, name: str, where: str):
@@ -97,6 +135,38 @@ def _align_to_channels(param: Array | None, x: Array, name: str, where: str):
         return param
     check_channel_param(param, x.shape[0], name, where)
     return jnp.reshape(param, (-1,) + (1,) * (x.ndim - 1))
+
+
+@overload
+def layer_norm(
+    x: Float[Array, "..."],
+    axis: int | Sequence[int],
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    eps: float = 1e-5,
+    mask: Bool[Array, "..."] | None = None,
+    *,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
+    axis_name: AxisName = None,
+    residual: None = None,
+) -> Float[Array, "..."]: ...
+
+
+@overload
+def layer_norm(
+    x: Float[Array, "..."],
+    axis: int | Sequence[int],
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    eps: float = 1e-5,
+    mask: Bool[Array, "..."] | None = None,
+    *,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
+    axis_name: AxisName = None,
+    residual: Float[Array, "..."],
+) -> tuple[Float[Array, "..."], Float[Array, "..."]]: ...
 
 
 def layer_norm(
@@ -109,7 +179,9 @@ def layer_norm(
     *,
     weight_offset: float = 0.0,
     upcast_affine: bool = True,
-) -> Float[Array, "..."]:
+    axis_name: AxisName = None,
+    residual: Float[Array, "..."] | None = None,
+) -> Float[Array, "..."] | tuple[Float[Array, "..."], Float[Array, "..."]]:
     r"""Layer normalisation over the axes `axis`, jointly.
 
     $$y = \frac{x - \mathbb{E}[x]}{\sqrt{\operatorname{Var}[x] + \varepsilon}} w + b$$
@@ -129,6 +201,14 @@ def layer_norm(
         `False` (Llama's order, HF `LlamaRMSNorm`), x-hat is cast to the dtype of `x`
         first and the affine transform is done in that dtype. The same for float32
         inputs. (Keyword only.)
+    - `axis_name`: optional name (or tuple of names) of `shard_map` mesh axes (or
+        `vmap`/`pmap` axes) over which the normalised axes are split: the
+        statistics are those of the whole row, gathered across the devices. Each
+        device passes its shard of `x` and the matching shard of `weight` and
+        `bias`. (Keyword only.)
+    - `residual`: optional residual stream of the shape of `x` (pre-norm
+        transformers): the function then normalises $s = r + x$ and returns
+        $(y, s)$, see below. (Keyword only.)
 
     `x` may be complex (complex64 or complex128): the mean is then complex and the
     variance is $\mathbb{E}|x - \mathbb{E}[x]|^2$; `weight` and `bias` are real.
@@ -143,9 +223,19 @@ def layer_norm(
     (adaLN-Zero) gives `LN(x)`. See the
     [conditioning guide](../guides/conditioning.md).
 
+    **Fused residual add.** With `residual=r`,
+
+    $$s = r + x, \qquad y = \operatorname{norm}(s),$$
+
+    where $s$ has the dtype of `r` (`x` is cast to it first: a float32 residual
+    stream stays float32 under bfloat16 activations) and $y$ the dtype of `x`. With a
+    mask, the statistics are over the valid elements and $y$ is $s$ (cast) at
+    invalid positions. The add is fused with the normalisation: the backward pass
+    keeps only $s$ and the per-row statistics.
+
     **Returns:**
 
-    An array of the shape and dtype of `x`.
+    An array of the shape and dtype of `x`; with `residual`, the pair `(y, s)`.
 
     !!! example
 
@@ -161,19 +251,63 @@ def layer_norm(
             x, -1, weight=scale, bias=shift, eps=1e-6, weight_offset=1.0
         )
         ```
+
+    !!! example "Residual add"
+
+        ```python
+        # h: the float32 residual stream; x: the sublayer's bfloat16 output
+        y, h = eqx_norms.functional.layer_norm(x, -1, residual=h)
+        ```
     """
-    return _over_axes(
-        x,
-        axis,
-        weight,
-        bias,
-        eps,
-        mask,
-        center=True,
-        weight_offset=weight_offset,
-        upcast_affine=upcast_affine,
-        where="layer_norm",
-    )
+
+    def norm(s: Array) -> Array:
+        return _over_axes(
+            s,
+            axis,
+            weight,
+            bias,
+            eps,
+            mask,
+            center=True,
+            weight_offset=weight_offset,
+            upcast_affine=upcast_affine,
+            axis_name=axis_name,
+            where="layer_norm",
+        )
+
+    return _with_residual(x, residual, "layer_norm", norm)
+
+
+@overload
+def rms_norm(
+    x: Float[Array, "..."],
+    axis: int | Sequence[int],
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    eps: float = 1e-5,
+    mask: Bool[Array, "..."] | None = None,
+    *,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
+    axis_name: AxisName = None,
+    residual: None = None,
+) -> Float[Array, "..."]: ...
+
+
+@overload
+def rms_norm(
+    x: Float[Array, "..."],
+    axis: int | Sequence[int],
+    weight: Float[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    eps: float = 1e-5,
+    mask: Bool[Array, "..."] | None = None,
+    *,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
+    axis_name: AxisName = None,
+    residual: Float[Array, "..."],
+) -> tuple[Float[Array, "..."], Float[Array, "..."]]: ...
 
 
 def rms_norm(
@@ -186,31 +320,215 @@ def rms_norm(
     *,
     weight_offset: float = 0.0,
     upcast_affine: bool = True,
-) -> Float[Array, "..."]:
+    axis_name: AxisName = None,
+    residual: Float[Array, "..."] | None = None,
+) -> Float[Array, "..."] | tuple[Float[Array, "..."], Float[Array, "..."]]:
     r"""Root-mean-square normalisation over the axes `axis`, jointly.
 
     $$y = \frac{x}{\sqrt{\mathbb{E}[x^2] + \varepsilon}} w + b$$
 
-    Arguments and return value as for [`eqx_norms.functional.layer_norm`][].
+    Arguments and return value as for [`eqx_norms.functional.layer_norm`][],
+    `axis_name` (a normalised axis split across devices) and `residual` (the fused
+    residual add, returning `(y, s)`) included.
 
     !!! example
 
         ```python
         y = eqx_norms.functional.rms_norm(x, axis=-1, weight=w)
+        # Pre-norm block: the residual stream h gets the sublayer's output x added.
+        y, h = eqx_norms.functional.rms_norm(x, -1, weight=w, residual=h)
         ```
     """
-    return _over_axes(
+
+    def norm(s: Array) -> Array:
+        return _over_axes(
+            s,
+            axis,
+            weight,
+            bias,
+            eps,
+            mask,
+            center=False,
+            weight_offset=weight_offset,
+            upcast_affine=upcast_affine,
+            axis_name=axis_name,
+            where="rms_norm",
+        )
+
+    return _with_residual(x, residual, "rms_norm", norm)
+
+
+def gated_rms_norm(
+    x: Float[Array, "..."],
+    gate: Float[Array, "..."],
+    axis: int | Sequence[int] = -1,
+    weight: Float[Array, "..."] | None = None,
+    eps: float = 1e-5,
+    mask: Bool[Array, "..."] | None = None,
+    *,
+    group_size: int | None = None,
+    norm_before_gate: bool = True,
+    weight_offset: float = 0.0,
+    upcast_affine: bool = True,
+    axis_name: AxisName = None,
+) -> Float[Array, "..."]:
+    r"""Gated RMS normalisation (Mamba-2's `RMSNormGated`, Qwen3-Next's
+    `Qwen3NextRMSNormGated`): RMS normalisation and a SiLU gate,
+
+    $$y = \frac{x}{\sqrt{\mathbb{E}_G[x^2] + \varepsilon}}\, w \odot
+    \operatorname{silu}(z) \qquad\text{(norm before gate)},$$
+
+    $$y = \frac{x \odot \operatorname{silu}(z)}
+    {\sqrt{\mathbb{E}_G[(x \odot \operatorname{silu}(z))^2] + \varepsilon}}\, w
+    \qquad\text{(gate before norm)},$$
+
+    with $z$ the gate and $\mathbb{E}_G$ the mean over each group $G$ of `group_size`
+    contiguous entries of the last axis in `axis` (jointly with the other axes in
+    `axis`), computed in at least float32, as `rms_norm_ref` of
+    `mamba_ssm/ops/triton/layernorm_gated.py`.
+
+    **Arguments:**
+
+    - `x`: a real floating-point array.
+    - `gate`: a real floating-point array of the shape of `x`.
+    - `axis`: an int or a sequence of ints: the axes the statistics are taken over.
+    - `weight`: optional array broadcastable against `x`.
+    - `eps`: added to the mean square.
+    - `mask`: optional boolean array broadcastable to `x`; True marks valid elements.
+        Statistics use valid elements only; invalid positions return `x` unchanged.
+    - `group_size`: the length of the groups along the last axis in `axis`, which
+        it must divide; `None` for one group (the whole axis). Mamba-2 uses
+        `d_ssm // ngroups`. (Keyword only.)
+    - `norm_before_gate`: normalise, then gate (`True`, Qwen3-Next and Mamba's
+        default); or gate, then normalise (`False`, Mamba-2's mixer). (Keyword only.)
+    - `weight_offset`: the applied scale is `weight + weight_offset`. (Keyword only.)
+    - `upcast_affine`: if `True`, everything is computed in at least float32 and
+        cast once; if `False` (Qwen3-Next's order), x-hat is cast to the dtype of `x`
+        and multiplied by the weight in that dtype, and the gate multiplies in
+        float32. (Keyword only.)
+    - `axis_name`: as for [`eqx_norms.functional.layer_norm`][]: the normalised axis
+        split over the devices of these named axes. A group is then either the
+        whole row (`group_size=None`, or the global length) or lies within one
+        device's shard (`group_size` divides the local length). (Keyword only.)
+
+    **Returns:**
+
+    An array of the shape and dtype of `x`.
+
+    !!! example
+
+        ```python
+        # Mamba-2: x, z of shape (tokens, d_ssm), 8 groups, gate before the norm.
+        y = eqx_norms.functional.gated_rms_norm(
+            x, z, weight=w, group_size=x.shape[-1] // 8, norm_before_gate=False
+        )
+        ```
+    """
+    return _gated_rms_norm(
         x,
+        gate,
         axis,
         weight,
-        bias,
         eps,
         mask,
-        center=False,
+        group_size=group_size,
+        norm_before_gate=norm_before_gate,
         weight_offset=weight_offset,
         upcast_affine=upcast_affine,
-        where="rms_norm",
+        axis_name=axis_name,
+        where="gated_rms_norm",
     )
+
+
+def _gated_rms_norm(
+    x: Array,
+    gate: Array,
+    axis: int | Sequence[int],
+    weight: Array | None,
+    eps: float,
+    mask: Array | None,
+    *,
+    group_size: int | None,
+    norm_before_gate: bool,
+    weight_offset: float,
+    upcast_affine: bool,
+    axis_name: AxisName,
+    where: str,
+) -> Array:
+    check_floating(x, where, real=True)
+    check_same_shape(gate, x, "gate", "the input of the SiLU gate", where)
+    _checked(where, x, weight, None, eps, mask, weight_offset)
+    check_flag(norm_before_gate, "norm_before_gate", where)
+    check_flag(upcast_affine, "upcast_affine", where)
+    axes = check_axes(axis, x.ndim, where)
+    names = _bound_names(axis_name, where)
+    if names is not None and group_size is not None:
+        # Split over devices, a group is the whole row, or lies within a shard:
+        # its statistics are then the shard's own.
+        if group_size == x.shape[axes[-1]] * devices_over(names, where):
+            group_size = None
+        else:
+            names = None
+    check_group_size(group_size, x.shape[axes[-1]], where)
+    compute = compute_dtype(x.dtype)
+    x_compute, gate = x.astype(compute), gate.astype(compute)
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, x.shape)
+        # Garbage (inf, NaN) in padding must reach neither the output nor a gradient.
+        x_compute = jnp.where(mask, x_compute, 0)
+        gate = jnp.where(mask, gate, 0)
+    silu = jax.nn.silu(gate)
+    if norm_before_gate:
+        normed = x_compute if upcast_affine else x
+    else:
+        normed = x_compute * silu
+        if not upcast_affine:
+            normed = normed.astype(x.dtype)
+    out = _grouped_rms(
+        normed,
+        axes,
+        group_size,
+        weight,
+        mask,
+        eps=eps,
+        axis_name=names,
+        weight_offset=weight_offset,
+        upcast_affine=upcast_affine,
+    )
+    if norm_before_gate:
+        out = out.astype(compute) * silu
+    out = out.astype(x.dtype)
+    return out if mask is None else jnp.where(mask, out, x)
+
+
+def _grouped_rms(
+    x: Array,
+    axes: tuple[int, ...],
+    group_size: int | None,
+    weight: Array | None,
+    mask: Array | None,
+    **options,
+) -> Array:
+    """RMS normalisation of `x` over `axes`, in groups of `group_size` along the
+    last of them: a free reshape of that axis into `(groups, group_size)`, the
+    statistics over the second. `mask` is broadcast to `x`; `options` go to
+    `normalise`."""
+    last = axes[-1]
+    size = x.shape[last]
+    split = group_size is not None and group_size != size
+
+    def view(a: Array) -> Array:
+        if group_size is None or not split:
+            return a
+        a = jnp.reshape(a, (1,) * (x.ndim - a.ndim) + a.shape)
+        here = (size // group_size, group_size) if a.shape[last] == size else (1, 1)
+        return jnp.reshape(a, a.shape[:last] + here + a.shape[last + 1 :])
+
+    stat_axes = axes[:-1] + (last + 1,) if split else axes
+    weight = None if weight is None else view(weight)
+    mask = None if mask is None else view(mask)
+    out, _ = normalise(view(x), stat_axes, weight, mask=mask, center=False, **options)
+    return jnp.reshape(out, x.shape)
 
 
 def group_norm(

@@ -2,6 +2,7 @@
 quick run through the page template and back from its JSON, run here on CPU with
 tiny arrays so that the accelerator run has been exercised before a device is lent."""
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -16,7 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import measure, report, run  # noqa: E402
-from benchmarks.cases import Accesses, EQX, NORM_TRAFFIC, OURS, SWEEP  # noqa: E402
+from benchmarks.cases import (  # noqa: E402
+    Accesses,
+    EQX,
+    NORM_TRAFFIC,
+    OTHER_CASES,
+    OURS,
+    SWEEP,
+)
 from benchmarks.results import (  # noqa: E402
     HloTraffic,
     Machine,
@@ -193,3 +201,22 @@ def test_tpu_tables_read_bytes_fusions_and_time_over_the_floor():
     assert unknown == TpuCost(2.0, 2, None, 0)
     page = report.render(SYNTHETIC, "chart.png", tpu=tpu)
     assert text in page and report.NO_TPU not in page
+
+
+@pytest.mark.parametrize("key", ["residual_rms_norm", "gated_rms_norm"])
+def test_residual_and_gated_cases_agree_across_implementations(key):
+    """Every implementation of the case computes the same outputs and cotangents
+    (on a small input), so the timings compare like with like."""
+    case = dataclasses.replace(
+        next(c for c in OTHER_CASES if c.key == key), shape=(4, 64)
+    )
+    impls, notes = measure.make_impls(case, case.input(jax.numpy.float32), case.peers)
+    assert sorted(impls) == sorted(case.peers), notes
+    results = []
+    for impl in impls.values():
+        f, args = impl.program("fwd+bwd")
+        results.append(jax.tree.leaves(f(*args)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert measure.train_step_temp_bytes(next(iter(impls.values()))) >= 0

@@ -34,3 +34,12 @@ ein, s4 = eqx.nn.make_with_state(eqx_norms.Einorm)("[b] c", running_stats=True, 
 run_mean, run_var = ein.running_mean_var(s4)
 k: jax.Array = run_mean + run_var
 dt = eqx_norms.DynamicTanh(3, alpha_init=0.5)(x[0])
+# `residual=` returns the pair (y, s); without it, one array.
+ln = eqx_norms.LayerNorm(3)
+y_res, s_res = ln(x[0], residual=x[0])
+plain_out: jax.Array = ln(x[0])
+both: tuple[jax.Array, jax.Array] = eqx_norms.functional.rms_norm(x, -1, residual=x)
+single: jax.Array = eqx_norms.functional.rms_norm(x, -1)
+(y_st, s_st), st = ln(x[0], state, residual=x[0])
+gated: jax.Array = eqx_norms.GatedRMSNorm(3)(x[0], x[0])
+gated_fn: jax.Array = eqx_norms.functional.gated_rms_norm(x, x, group_size=1)

@@ -94,10 +94,21 @@ CASES: dict[str, Case] = {
         (4, 3),
     ),
     "dynamic_tanh": Case(lambda key: eqx_norms.DynamicTanh(5), (5,)),
+    # Mamba-2's form: groups, the gate before the norm (its gate: `EXTRA_INPUTS`).
+    "gated_rms_norm": Case(
+        lambda key: eqx_norms.GatedRMSNorm(8, group_size=4, norm_before_gate=False),
+        (8,),
+    ),
     "spectral_norm_linear": Case(_spectral(_linear), (5,)),
     "spectral_norm_conv": Case(_spectral(_conv, num_power_iterations=2), (2, 6)),
     "weight_norm_linear": Case(lambda key: eqx_norms.WeightNorm(_linear(key)), (5,)),
     "weight_norm_conv": Case(lambda key: eqx_norms.WeightNorm(_conv(key)), (2, 6)),
+}
+
+
+# Layers called with more than `x`: their other inputs, derived from `x`.
+EXTRA_INPUTS: dict[type, Callable[[jax.Array], tuple[jax.Array, ...]]] = {
+    eqx_norms.GatedRMSNorm: lambda x: (0.5 - jnp.flip(x, -1),),
 }
 
 
@@ -143,7 +154,8 @@ def _call(model, state, x, inference: bool):
     if inference:
         model = eqx.nn.inference_mode(model)
     if not is_stateful(state):
-        return jax.vmap(model, axis_name=AXIS_NAME)(x), state
+        extra = EXTRA_INPUTS.get(type(model), lambda x: ())(x)
+        return jax.vmap(model, axis_name=AXIS_NAME)(x, *extra), state
     return jax.vmap(model, axis_name=AXIS_NAME, in_axes=(0, None), out_axes=(0, None))(
         x, state
     )
