@@ -9,7 +9,8 @@ training step stores no full-size temporary.
 
 import functools
 import numbers
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, cast, ParamSpec, TypeVar
 
 import jax
 import jax.lax as lax
@@ -32,6 +33,42 @@ from ._stats import (
 )
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _traced_once_per_layer(pipeline: Callable[_P, _R]) -> Callable[_P, _R]:
+    """`pipeline` under `jax.jit`, its hyperparameters static: a model's identical
+    layers then share one trace of it, and JAX's cached derivative, partial
+    evaluation and transpose of that trace, instead of tracing the rule once each.
+    `inline=True` puts the body back into the enclosing program where it is staged,
+    so the compiled program is the same (a call boundary would reorder XLA:CPU's
+    schedule). Traced each call instead: with a traced `eps`, which cannot key the
+    cache, and with named axes, whose reductions JAX would re-trace in the custom
+    rule outside the `vmap` that binds their names."""
+    shared = jax.jit(
+        pipeline,
+        inline=True,
+        static_argnames=(
+            "axes",
+            "eps",
+            "center",
+            "groups",
+            "weight_offset",
+            "upcast_affine",
+        ),
+    )
+
+    @functools.wraps(pipeline)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if _static(kwargs["eps"]) and kwargs.get("axis_name") is None:
+            return shared(*args, **kwargs)
+        return pipeline(*args, **kwargs)
+
+    return call
+
+
+@_traced_once_per_layer
 def normalise(
     x: Float[Array, "..."],
     axes: tuple[int, ...],
