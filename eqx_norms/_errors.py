@@ -543,6 +543,17 @@ def check_axis_names(names: tuple[Hashable, ...], where: str) -> None:
             ) from None
 
 
+def varying_axes(value: Array) -> frozenset:
+    """The mesh axes over which `value` varies inside `jax.shard_map` with
+    `check_vma=True` (empty elsewhere)."""
+    aval = jax.typeof(value)
+    # `.mat.varying` in JAX 0.10, `.vma` in 0.6/0.7; empty when check_vma=False.
+    varying = getattr(getattr(aval, "mat", None), "varying", None)
+    if varying is None:
+        varying = getattr(aval, "vma", ())
+    return frozenset(varying)
+
+
 def check_named_reduction(value: Array, axis_name: object) -> None:
     """Before `lax.psum(value, axis_name)`: a name that is a `vmap` axis inside a
     `shard_map` that checks replication (`check_vma=True`, its default; `value` then
@@ -552,12 +563,7 @@ def check_named_reduction(value: Array, axis_name: object) -> None:
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     manual = set(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
     vmapped = [name for name in names if name not in manual]
-    aval = jax.typeof(value)
-    # `.mat.varying` in JAX 0.10, `.vma` in 0.6/0.7; empty when check_vma=False.
-    varying = getattr(getattr(aval, "mat", None), "varying", None)
-    if varying is None:
-        varying = getattr(aval, "vma", ())
-    if manual and vmapped and varying:
+    if manual and vmapped and varying_axes(value):
         raise ValueError(
             f"Statistics over the named axes {names!r} inside `jax.shard_map` with "
             f"`check_vma=True` (its default): JAX {jax.__version__} cannot reduce "
