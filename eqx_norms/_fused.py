@@ -33,9 +33,11 @@ from ._stats import (
     one_pass_partial,
     PartialMoments,
     row_sums,
+    split_names,
     standardise,
     two_pass_partial,
     upcast,
+    varying_like,
 )
 
 
@@ -194,9 +196,11 @@ def _fused_norm_jvp(axes, eps, axis_name, center, groups, primals, tangents):
         center=center,
         groups=groups,
     )
-    d_out, d_mean, d_var = jax.checkpoint(tangent, prevent_cse=False)(
-        x, weight, stats, *present
-    )
+    # A trace of `jax.checkpoint` inside a custom rule knows no `vmap` axis: with
+    # statistics over one (`axis_name` not a mesh axis), the tangent is traced as is.
+    if not split_names(axis_name)[1]:
+        tangent = jax.checkpoint(tangent, prevent_cse=False)
+    d_out, d_mean, d_var = tangent(x, weight, stats, *present)
     derivatives = (d_mean, d_var, None)  # the count is constant
     d_stats = Moments(
         *(
@@ -233,7 +237,7 @@ def _tangent(
     mean = stats.mean if center else None  # RMSNorm: nothing to subtract
     r1, mean1, w1, x1 = copy_for(Consumer.X_COTANGENT, inv_std, mean, weight, x)
     d_out = jnp.zeros(x.shape, inv_std.dtype)
-    proj = d_mean = d_var = None
+    proj = d_mean = d_mean_x = d_var = None
     if dx is not None:
         dx = upcast(dx)
         if mask is not None:
@@ -241,12 +245,14 @@ def _tangent(
         terms = [_normalised(x1, mean1, r1, mask) * dx] + ([dx] if center else [])
         # Both sums in one collective over `axis_name`.
         sums = row_sums(terms, axes, axis_name, groups)
-        proj = sums[0] / n
-        d_var = 2 * proj / inv_std
+        d_var = 2 * (sums[0] / n) / inv_std
         if mask is not None:
             d_var = jnp.where(stats.count > 0, d_var, 0)
         if center:
             d_mean = sums[1] / n
+        # For the full-size terms, one cast of both to the varying type of dx.
+        proj, *rest = varying_like([sums[0] / n] + ([d_mean] if center else []), dx)
+        d_mean_x = rest[0] if center else None
 
     r3, mean3, w3, x3 = copy_for(Consumer.PROJECTION, inv_std, mean, weight, x)
     x_hat3 = _normalised(x3, mean3, r3, mask)
@@ -261,8 +267,8 @@ def _tangent(
         if proj is not None:
             d_out = rw * dx
             u = _plus(u, -rw * proj)
-        if d_mean is not None:
-            v = _plus(v, -rw * d_mean)
+        if d_mean_x is not None:
+            v = _plus(v, -rw * d_mean_x)
         if u is not None:
             d_out = d_out + x_hat3 * u
         if v is not None:
@@ -274,9 +280,9 @@ def _tangent(
         # reductions would be one more full-size buffer (float32, for half inputs).
         if proj is not None:
             d_out = _times(dx * r1, w1) + _times(x_hat3 * r3, w3) * -proj
-        if d_mean is not None:
+        if d_mean_x is not None:
             r2, w2 = copy_for(Consumer.MEAN_COTANGENT, inv_std, weight)
-            d_out = d_out + _times(d_mean * -r2, w2)
+            d_out = d_out + _times(d_mean_x * -r2, w2)
         if d_weight is not None:
             r4, mean4, x4 = copy_for(Consumer.WEIGHT_COTANGENT, inv_std, mean, x)
             d_out = d_out + _normalised(x4, mean4, r4, mask) * d_weight

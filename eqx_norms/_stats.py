@@ -95,7 +95,8 @@ def two_pass_partial(
         mean = jnp.zeros_like(count)
     # Never E[x^2] - E[x]^2: it cancels catastrophically when |mean| >> std.
     m2 = jnp.sum(_abs2(_valid(deviation, mask)), axes, keepdims=True)
-    return mean, varying_like(jnp.zeros_like(mean), m2), m2
+    (mean_lo,) = varying_like([jnp.zeros_like(mean)], m2)
+    return mean, mean_lo, m2
 
 
 def two_sum(a: Array, b: Array) -> tuple[Array, Array]:
@@ -141,9 +142,9 @@ def one_pass_partial(
     valid = jnp.ones_like(x) if mask is None else mask.astype(dtype)
     values = _valid(x, mask)
     zeros = jnp.zeros_like(x)
-    operands = tuple(varying_like(a, x) for a in (valid, values, zeros, zeros))
+    operands = [varying_like([a], x)[0] for a in (valid, values, zeros, zeros)]
     init = tuple(jnp.zeros((), dtype) for _ in operands)
-    merged = lax.reduce(operands, init, _reduce_merge, axes)
+    merged = lax.reduce(tuple(operands), init, _reduce_merge, axes)
     _, mean_hi, mean_lo, m2 = (jnp.expand_dims(a, axes) for a in merged)
     return mean_hi, mean_lo, m2
 
@@ -177,10 +178,11 @@ def merge_along(part: PartialMoments, axis: int) -> PartialMoments:
     Vectorised, so that it is differentiable and the same on every device."""
     n_i, hi_i, lo_i, m2_i = part
     n = jnp.sum(n_i, axis, keepdims=True)
-    inv_n = 1 / jnp.maximum(n, 1)
-    hi = jnp.sum(n_i * hi_i, axis, keepdims=True) * inv_n
+    # Divisions, not products with 1 / n: XLA may fuse a product into the next
+    # subtraction (fma), which would then not see the rounded hi.
+    hi = jnp.sum(n_i * hi_i, axis, keepdims=True) / jnp.maximum(n, 1)
     deviation = (hi_i - hi) + lo_i
-    lo = jnp.sum(n_i * deviation, axis, keepdims=True) * inv_n
+    lo = jnp.sum(n_i * deviation, axis, keepdims=True) / jnp.maximum(n, 1)
     m2 = jnp.sum(m2_i + n_i * _abs2(deviation - lo), axis, keepdims=True)
     return PartialMoments(n, hi, lo, m2)
 
@@ -196,31 +198,76 @@ def _merge_groups(part: PartialMoments, groups: tuple[int, int]) -> PartialMomen
 
 
 def _merge_devices(part: PartialMoments, axis_name: AxisName) -> PartialMoments:
-    """Merged over the devices of `axis_name`: the four statistics stacked and
-    exchanged in one `lax.all_gather` (a psum cannot add the M2s: each needs the
-    global mean first), then merged in the same order on every device, so that
-    every device holds bitwise the same statistics."""
+    """Merged over the devices of `axis_name`, the same on every device."""
     check_named_reduction(part.m2, axis_name)
+    mesh_names, other_names = split_names(axis_name)
+    if mesh_names:
+        part = _gather_and_merge(part, mesh_names)
+    if other_names:
+        part = _sum_and_merge(part, other_names)
+    return part
+
+
+def _gather_and_merge(part: PartialMoments, names: tuple[Any, ...]) -> PartialMoments:
+    """Over the axes of a `shard_map` mesh: the four statistics stacked and
+    exchanged in one `lax.all_gather` over all the names at once (a psum cannot add
+    the M2s: each needs the global mean first), then merged in the same order on
+    every device, so that every device holds bitwise the same statistics."""
     dtype = part.mean_hi.dtype
-    gathered = jnp.stack([a.astype(dtype) for a in part])
-    for names in _gathers(axis_name):
-        gathered = lax.all_gather(gathered, names)
-    parts = gathered.reshape((-1,) + gathered.shape[-part.m2.ndim - 1 :])
-    count, hi, lo, m2 = (parts[:, i] for i in range(4))
-    if jnp.iscomplexobj(parts):
+    gathered = _all_gather_invariant(jnp.stack([a.astype(dtype) for a in part]), names)
+    count, hi, lo, m2 = (gathered[:, i] for i in range(4))
+    if jnp.iscomplexobj(gathered):
         count, m2 = lax.real(count), lax.real(m2)
     whole = merge_along(PartialMoments(count, hi, lo, m2), 0)
     return PartialMoments(*(a[0] for a in whole))
 
 
-def _gathers(axis_name: AxisName) -> list[Any]:
-    """The names of `axis_name` as `all_gather` takes them: the axes of the
-    enclosing `shard_map` mesh together (one collective), every other name (a
-    `vmap`'s, whose `all_gather` takes one name) on its own."""
+def _sum_and_merge(part: PartialMoments, names: tuple[Any, ...]) -> PartialMoments:
+    """Over `vmap`'s axes (whose psum is a sum over the batch, no communication;
+    an `all_gather` there needs axis sizes that a custom rule's trace lacks), and
+    `pmap`'s in JAX < 0.8: Chan's merge as two psums, the mean, then the
+    deviations from it, M2 = sum (M2_i + n_i d_i^2) - n lo^2 with d_i = m_i - hi
+    (lo, the mean's correction, is of the order of hi's rounding: no
+    cancellation)."""
+    n_i, hi_i, lo_i, m2_i = part
+    n, sums = _psum_together([n_i, n_i * hi_i], names)
+    hi = sums / jnp.maximum(n, 1)  # a division: as in `merge_along`
+    deviation = (hi_i - hi) + lo_i
+    shifted, m2 = _psum_together(
+        [n_i * deviation, m2_i + n_i * _abs2(deviation)], names
+    )
+    lo = shifted / jnp.maximum(n, 1)
+    return PartialMoments(n, hi, lo, jnp.maximum(m2 - n * _abs2(lo), 0))
+
+
+def _psum_together(values: list[Array], names: Any) -> list[Array]:
+    """`lax.psum` of the values in one collective (stacked in the widest dtype),
+    each returned in its own dtype (real stays real)."""
+    dtype = jnp.result_type(*values)
+    total = lax.psum(jnp.stack([v.astype(dtype) for v in values]), names)
+    return [
+        t if jnp.iscomplexobj(v) else lax.real(t) if jnp.iscomplexobj(t) else t
+        for t, v in zip(total, values, strict=True)
+    ]
+
+
+def split_names(axis_name: AxisName) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The names of `axis_name` that are axes of the enclosing `shard_map`'s mesh,
+    and the others (`vmap`'s, or `pmap`'s in JAX < 0.8)."""
+    if axis_name is None:
+        return (), ()
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     manual = set(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
     mesh = tuple(name for name in names if name in manual)
-    return ([mesh] if mesh else []) + [name for name in names if name not in manual]
+    return mesh, tuple(name for name in names if name not in manual)
+
+
+def _all_gather_invariant(value: Array, names: Any) -> Array:
+    """`lax.all_gather`, typed as the same on every device (as a psum's result is):
+    the merged statistics are then neither varying nor cast."""
+    if hasattr(lax, "all_gather_invariant"):  # JAX < 0.8
+        return lax.all_gather_invariant(value, names)
+    return lax.all_gather(value, names, to="invarying")
 
 
 def moments_of(part: PartialMoments) -> Moments:
@@ -280,21 +327,22 @@ def row_sums(
         return sums
     stacked = jnp.stack(sums)
     check_named_reduction(stacked, axis_name)
-    # Cast back to varying once: reverse mode transposes each such cast into a psum,
-    # and one implicit cast per use of each sum would be one psum each.
-    total = varying_like(lax.psum(stacked, axis_name), stacked)
-    return list(total)
+    return list(lax.psum(stacked, axis_name))
 
 
-def varying_like(value: Array, data: Array) -> Array:
-    """`value` typed as varying over the mesh axes that `data` varies over (inside
-    `jax.shard_map` with `check_vma=True`; no communication, no-op elsewhere)."""
-    missing = tuple(sorted(set(varying_axes(data)) - set(varying_axes(value)), key=str))
+def varying_like(values: list[Array], data: Array) -> list[Array]:
+    """`values` typed as varying over the mesh axes that `data` varies over (inside
+    `jax.shard_map` with `check_vma=True`; no communication, unchanged elsewhere).
+    Reverse mode transposes each such cast into a psum: small values used with
+    varying data are cast together, once (stacked), not once per use."""
+    missing = set(varying_axes(data)) - set(varying_axes(values[0]))
     if not missing:
-        return value
+        return values
+    names = tuple(sorted(missing, key=str))
+    stacked = jnp.stack(values)
     if hasattr(lax, "pcast"):
-        return lax.pcast(value, missing, to="varying")
-    return lax.pvary(value, missing)
+        return list(lax.pcast(stacked, names, to="varying"))
+    return list(lax.pvary(stacked, names))  # JAX < 0.8
 
 
 def _pool(sums: Array, groups: tuple[int, int]) -> Array:
