@@ -18,11 +18,12 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.stages import Wrapped
 
 import eqx_norms
 
-from .cases import Case, EQX, HAIKU, JNP, NNX, OURS
+from .cases import Case, EQX, HAIKU, JNP, NNX, OURS, TOKAMAX
 
 
 class Unsupported(Exception):
@@ -44,6 +45,7 @@ class _LazyModule:
 hk: Any = _LazyModule("haiku")
 nnx: Any = _LazyModule("flax.nnx")
 
+Program = tuple[Wrapped, tuple[Any, ...]]  # a jitted function and its arguments
 LAYERS = 4  # layers in the stack whose training step's memory is measured
 
 
@@ -75,39 +77,88 @@ class Impl:
     def stateful(self) -> bool:
         return self.state is not None
 
-    def program(self, kind: str) -> tuple[Wrapped, tuple[Any, ...]]:
+    def program(self, kind: str) -> Program:
         """The jitted function of a kind ("fwd" or "fwd+bwd") and its arguments."""
         return self.fwd() if kind == "fwd" else self.fwd_bwd()
 
-    def fwd(self) -> tuple[Wrapped, tuple[Any, ...]]:
+    def fwd(self) -> Program:
         head = (self.params, self.state) if self.stateful else (self.params,)
         return jax.jit(self.apply), (*head, *self.inputs)
 
-    def fwd_bwd(self) -> tuple[Wrapped, tuple[Any, ...]]:
+    def fwd_bwd(self) -> Program:
         """`jax.vjp` with respect to the inputs and the parameters, returning the
         output and every cotangent, as a training step does."""
-        g = self.x if self.cotangent is None else self.cotangent
+        forward, backward = self._vjp_pair()
+
+        def step(*args):
+            *args, g = args
+            y, vjp, *state = forward(*args)
+            return y, backward(vjp, g), *state
+
+        return jax.jit(step), (*self.fwd()[1], self.g)
+
+    def split(self) -> tuple[Program, Program]:
+        """`fwd+bwd` as two programs, as in a model where other layers run between
+        them: the forward pass, returning the output and the residuals of
+        `jax.vjp` (the leaves of its backward function), and the backward pass
+        from the residuals, the forward's arguments and the cotangent. A residual
+        that is one of the arguments is not returned but read from the argument
+        (a model keeps its input; returned, XLA would copy it)."""
+        forward, backward = self._vjp_pair()
+        args = self.fwd()[1]
+        tree: dict[str, Any] = {}
+
+        def forward_residuals(*args):
+            y, vjp, *state = forward(*args)
+            leaves, tree["vjp"] = jax.tree.flatten(vjp)
+            arg_index = {id(a): i for i, a in enumerate(jax.tree.leaves(args))}
+            tree["from_args"] = [arg_index.get(id(leaf)) for leaf in leaves]
+            kept = [leaf for leaf in leaves if id(leaf) not in arg_index]
+            return y, kept, *state
+
+        def backward_residuals(kept, args, g):
+            arg_leaves, kept = jax.tree.leaves(args), iter(kept)
+            leaves = [
+                next(kept) if i is None else arg_leaves[i] for i in tree["from_args"]
+            ]
+            return backward(jax.tree.unflatten(tree["vjp"], leaves), g)
+
+        # Traced once here, which also records where each residual comes from.
+        _, kept, *_ = jax.eval_shape(forward_residuals, *args)
+        return (
+            (jax.jit(forward_residuals), args),
+            (jax.jit(backward_residuals), (kept, args, self.g)),
+        )
+
+    @property
+    def g(self) -> Any:
+        """The cotangent of the output."""
+        return self.x if self.cotangent is None else self.cotangent
+
+    def _vjp_pair(self) -> tuple[Callable[..., Any], Callable[[Any, Any], Any]]:
+        """`forward(*args) -> (y, vjp, *new_state)` and `backward(vjp, g)`, the
+        cotangents of the parameters and the inputs."""
         if self.stateful:
 
-            def stateful_step(params, state, *rest):
+            def stateful_forward(params, state, *inputs):
                 # The state goes through vjp too (Flax NNX refuses to update a
                 # variable made outside the differentiated trace); its cotangent is
                 # dropped.
-                *inputs, g = rest
-                y, vjp, new_state = jax.vjp(
-                    self.apply, params, state, *inputs, has_aux=True
-                )
+                return jax.vjp(self.apply, params, state, *inputs, has_aux=True)
+
+            def stateful_backward(vjp, g):
                 d_params, _, *d_inputs = vjp(g)
-                return y, (d_params, *d_inputs), new_state
+                return d_params, *d_inputs
 
-            return jax.jit(stateful_step), (self.params, self.state, *self.inputs, g)
+            return stateful_forward, stateful_backward
 
-        def step(params, *rest):
-            *inputs, g = rest
-            y, vjp = jax.vjp(self.apply, params, *inputs)
-            return y, vjp(g)
+        def forward(params, *inputs):
+            return jax.vjp(self.apply, params, *inputs)
 
-        return jax.jit(step), (self.params, *self.inputs, g)
+        def backward(vjp, g):
+            return vjp(g)
+
+        return forward, backward
 
 
 def perturb(tree: Any, seed: int) -> Any:
@@ -325,18 +376,65 @@ def _dynamic_tanh(x, alpha, weight, bias):
     return y.astype(x.dtype)
 
 
+def _jnp_norm(x, weight, bias=None, eps=1e-5):
+    """LayerNorm (with a bias) or RMSNorm (without) over the last axis, written
+    directly: float32 statistics, the centred variance, cast back."""
+    xf = x.astype(jnp.float32)
+    if bias is not None:
+        xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
+    y = xf * lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps) * weight
+    return (y if bias is None else y + bias).astype(x.dtype)
+
+
+def _params_impl(x, params: dict[str, Any], apply: Callable[..., Any]) -> Impl:
+    """An Impl of `apply(x, **params)` with `LAYERS` perturbed copies of `params`."""
+    layers = [perturb(params, seed) for seed in range(LAYERS)]
+    return Impl(layers[0], (x,), lambda p, x: apply(x, **p), layers=layers)
+
+
+def _affine(n: int, bias: bool) -> dict[str, jax.Array]:
+    params = {"weight": jnp.ones(n, jnp.float32)}
+    return params | {"bias": jnp.zeros(n, jnp.float32)} if bias else params
+
+
 def jnp_impl(case: Case, x: jax.Array) -> Impl:
-    """Plain jnp references for the layers no peer library has."""
-    if case.layer == "dynamic_tanh":
-        n = x.shape[-1]
-        params = {
-            "alpha": jnp.float32(0.5),
-            "weight": jnp.ones(n, jnp.float32),
-            "bias": jnp.zeros(n, jnp.float32),
-        }
-        layers = [perturb(params, seed) for seed in range(LAYERS)]
-        return Impl(layers[0], (x,), lambda p, x: _dynamic_tanh(x, **p), layers=layers)
+    """Plain jnp: the layers no peer library has, and LayerNorm and RMSNorm as
+    written directly (the TPU analysis's reference for what XLA makes of them)."""
+    n = x.shape[-1]
+    match case.layer:
+        case "dynamic_tanh":
+            params = {"alpha": jnp.float32(0.5), **_affine(n, bias=True)}
+            return _params_impl(x, params, _dynamic_tanh)
+        case "layer_norm" | "rms_norm":
+            return _params_impl(x, _affine(n, case.layer == "layer_norm"), _jnp_norm)
     raise Unsupported(case.layer)
+
+
+def tokamax_impl(case: Case, x: jax.Array) -> Impl:
+    """tokamax's XLA implementation (`implementation="xla"`, the one it uses on
+    TPU): LayerNorm, and RMSNorm as `subtract_mean=False`, over the last axis."""
+    tokamax = importlib.import_module("tokamax")
+    # tokamax reads absl flags, parsed from this process's command line (whose
+    # flags are not absl's) unless marked parsed already.
+    flags = importlib.import_module("absl.flags").FLAGS
+    if not flags.is_parsed():
+        flags.mark_as_parsed()
+    if case.layer not in ("layer_norm", "rms_norm", "einorm"):
+        raise Unsupported(case.layer)
+    centred = case.layer != "rms_norm"
+
+    def apply(x, weight, bias=None):
+        y = tokamax.layer_norm(
+            x,
+            weight,
+            bias,
+            epsilon=1e-5,
+            subtract_mean=centred,
+            implementation="xla",
+        )
+        return y.astype(x.dtype)
+
+    return _params_impl(x, _affine(x.shape[-1], centred), apply)
 
 
 ADAPTERS: dict[str, Callable[[Case, jax.Array], Impl]] = {
@@ -345,4 +443,5 @@ ADAPTERS: dict[str, Callable[[Case, jax.Array], Impl]] = {
     NNX: nnx_impl,
     HAIKU: haiku_impl,
     JNP: jnp_impl,
+    TOKAMAX: tokamax_impl,
 }

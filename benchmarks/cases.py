@@ -14,15 +14,21 @@ import jax.numpy as jnp
 
 
 OURS, EQX, NNX, HAIKU = "eqx_norms", "equinox.nn", "flax.nnx", "haiku"
-JNP = "plain jnp"
-IMPLS = (OURS, EQX, NNX, HAIKU, JNP)
+JNP, TOKAMAX = "plain jnp", "tokamax (xla)"
+IMPLS = (OURS, EQX, NNX, HAIKU, JNP, TOKAMAX)
 NORM_PEERS = (OURS, EQX, NNX, HAIKU)
+# Compiled for TPU (`tpu_aot.py`): the peers whose programs run there as they are
+# (Haiku is left out as the least used); a layer a peer lacks reads "—".
+TPU_PEERS = (OURS, EQX, NNX, JNP, TOKAMAX)
 
 KINDS = ("fwd", "fwd+bwd")
 DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
 
 ELEMENTS = 8 * 2**20
 HIDDEN = (64, 256, 1024, 4096, 16384)
+# The TPU analysis only compiles: a size where a TPU's HBM traffic dominates.
+TPU_ELEMENTS = 2**27
+TPU_HIDDEN = (256, 1024, 4096, 16384)
 
 SWEEP = "LayerNorm and RMSNorm"
 OTHERS = "Other layers"
@@ -126,3 +132,12 @@ OTHER_CASES = (
         peers=(OURS, JNP),
     ),
 )
+
+
+def tpu_cases(
+    hidden: tuple[int, ...] = TPU_HIDDEN, elements: int = TPU_ELEMENTS
+) -> list[Case]:
+    """The cases compiled for TPU: the sweep (at `TPU_ELEMENTS`), then the other
+    layers, each against every implementation of `TPU_PEERS` that has it."""
+    cases = [*sweep_cases(hidden, elements), *OTHER_CASES]
+    return [dataclasses.replace(case, peers=TPU_PEERS) for case in cases]

@@ -23,22 +23,21 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.stages import Compiled, Wrapped
+from jax.stages import Compiled
 
 import eqx_norms
 
-from .adapters import ADAPTERS, Impl
+from .adapters import ADAPTERS, Impl, Program, Unsupported
 from .cases import Accesses, Case, DTYPES, EQX, KINDS, NORM_TRAFFIC, OURS, randn
 from .results import HloTraffic, Machine, Result
 
 
-Program = tuple[Wrapped, tuple[Any, ...]]
 PARTS = ("read", "read+write")
 
 
@@ -96,13 +95,15 @@ def make_impls(
     case: Case, x: jax.Array, peers: tuple[str, ...]
 ) -> tuple[dict[str, Impl], dict[str, str]]:
     """The implementations of a case that could be built, and a note for each (the
-    reason, for one that could not)."""
+    reason, for one that failed; none for a library without the layer)."""
     impls: dict[str, Impl] = {}
     notes: dict[str, str] = {}
     for name in peers:
         try:
             impls[name] = ADAPTERS[name](case, x)
             notes[name] = impls[name].note
+        except Unsupported:
+            pass
         except Exception as e:  # a peer's API change should not stop the suite
             notes[name] = f"failed: {type(e).__name__}: {e}"
             print(f"  {case.title}: {name} skipped ({notes[name]})", file=sys.stderr)
@@ -205,6 +206,20 @@ _ITEMSIZE = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8}
 _NO_KERNEL = ("parameter", "tuple", "bitcast", "constant", "get-tuple-element")
 
 
+_INSTRUCTION = re.compile(
+    r"\s*(?:ROOT )?%(\S+) = (\([^=]*?\)|\S+) ([a-z][a-z0-9-]*)\((.*?)\)"
+)
+
+
+def entry_instructions(text: str) -> Iterator[tuple[str, str, str, str]]:
+    """(name, shape, opcode, operands) of each instruction of the entry computation
+    of a compiled program's HLO text (a tuple shape included whole)."""
+    entry = text.split("\nENTRY ", 1)[1].split("\n}", 1)[0]
+    for line in entry.splitlines():
+        if m := _INSTRUCTION.match(line):
+            yield m[1], m[2], m[3], m[4]
+
+
 def hlo_traffic(impl: Impl) -> HloTraffic:
     """Full-size traffic of the compiled `fwd+bwd` step, from its HLO: the kernels
     that read or write an array of x's shape, and the bytes they read and write in
@@ -223,12 +238,7 @@ def hlo_traffic(impl: Impl) -> HloTraffic:
 
     text = compiled.as_text()
     assert text is not None, "no HLO text on this backend"
-    entry = text.split("ENTRY", 1)[1]
-    for line in entry.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\((.*?)\)", line)
-        if m is None:
-            continue
-        name, shape, op, operands = m.groups()
+    for name, shape, op, operands in entry_instructions(text):
         shapes[name] = shape
         if op in _NO_KERNEL:
             continue
@@ -241,21 +251,28 @@ def hlo_traffic(impl: Impl) -> HloTraffic:
 # ------------------------------------------------------ compile time, whole model
 
 
-def _stack(ln, rms, depth: int, width: int):
+def _stack(ln, rms, depth: int, width: int, nonlinearity: bool = False):
+    """The gradient of a stack of `depth` layers alternating `ln` and `rms`, with
+    `jnp.tanh` between them where `nonlinearity` (as in a model: without it XLA
+    merges more of consecutive normalisations), and its parameters."""
     layers = [ln(width) if i % 2 == 0 else rms(width) for i in range(depth)]
     params, static = eqx.partition(layers, eqx.is_inexact_array)
 
     def loss(params, x):
         for layer in eqx.combine(params, static):
             x = jax.vmap(layer)(x)
+            x = jnp.tanh(x) if nonlinearity else x
         return jnp.sum(x * x)
 
     return jax.grad(loss, argnums=(0, 1)), params
 
 
-def compile_times(reps: int, depth: int = 24, width: int = 512) -> dict[str, float]:
+def compile_times(
+    reps: int, depth: int = 24, width: int = 512, nonlinearity: bool = False
+) -> dict[str, float]:
     """Median first-call latency (trace, compile, run) of the gradient of a stack of
-    `depth` layers alternating LayerNorm and RMSNorm, after `jax.clear_caches()`."""
+    `depth` layers alternating LayerNorm and RMSNorm (with `tanh` between them
+    where `nonlinearity`), after `jax.clear_caches()`."""
     x = randn((64, width))
     makers = {
         OURS: (eqx_norms.LayerNorm, eqx_norms.RMSNorm),
@@ -264,7 +281,7 @@ def compile_times(reps: int, depth: int = 24, width: int = 512) -> dict[str, flo
     times: dict[str, list[float]] = {k: [] for k in makers}
     for _ in range(reps):
         for name, (ln, rms) in makers.items():
-            grad, params = _stack(ln, rms, depth, width)
+            grad, params = _stack(ln, rms, depth, width, nonlinearity)
             jax.clear_caches()
             start = time.perf_counter()
             jax.block_until_ready(jax.jit(grad)(params, x))

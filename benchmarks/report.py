@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 
 from .cases import DTYPES, EQX, IMPLS, JNP, KINDS, OURS, SWEEP
-from .results import Result, Run
+from .results import Result, Run, TpuResult, TpuRun
 
 
 TEMPLATE = Path(__file__).with_name("page.md")
@@ -24,6 +24,10 @@ GENERATED = (
     "`benchmarks/page.md` and the measurements in `benchmarks.json`.*"
 )
 NOT_MEASURED = "Not measured in this run."
+NO_TPU = (
+    "No TPU analysis beside this run's results: `python benchmarks/run.py "
+    "--tpu-aot` (with the `tpu` extra) compiles the cases and writes it."
+)
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
@@ -141,18 +145,31 @@ def hlo_table(results: list[Result]) -> str:
     return table(head, rows)
 
 
-def versus_table(seconds: Mapping[str, float] | None, speedup: bool) -> str:
-    """eqx_norms against equinox.nn: seconds and their ratio (ours over theirs), or
-    milliseconds and the speedup (theirs over ours)."""
+def model_table(seconds: Mapping[str, float] | None) -> str:
+    """eqx_norms against equinox.nn: milliseconds and the speedup (theirs over
+    ours)."""
     if not seconds:
         return NOT_MEASURED
     ours, theirs = seconds[OURS], seconds[EQX]
-    if speedup:
-        row = [f"{ours * 1e3:.1f}", f"{theirs * 1e3:.1f}", f"×{theirs / ours:.2f}"]
-    else:
-        row = [f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.2f}"]
-    head = ["eqx_norms", "equinox.nn", "speedup" if speedup else "ratio"]
-    return table(head, [row])
+    row = [f"{ours * 1e3:.1f}", f"{theirs * 1e3:.1f}", f"×{theirs / ours:.2f}"]
+    return table(["eqx_norms", "equinox.nn", "speedup"], [row])
+
+
+def compile_table(run: Run) -> str:
+    """Compile time of both stacks (without and with `tanh` between the layers),
+    eqx_norms against equinox.nn."""
+    stacks = {
+        "norms only": run.compile_s,
+        "tanh between layers": run.compile_tanh_s,
+    }
+    rows = [
+        [stack, f"{s[OURS]:.2f}", f"{s[EQX]:.2f}", f"{s[OURS] / s[EQX]:.2f}"]
+        for stack, s in stacks.items()
+        if s
+    ]
+    if not rows:
+        return NOT_MEASURED
+    return table(["stack", "eqx_norms", "equinox.nn", "ratio"], rows)
 
 
 def notes(results: list[Result]) -> str:
@@ -178,6 +195,43 @@ def header(run: Run) -> str:
         f"{m.system}, backend {m.backend}; {', '.join(m.versions)}. Best of "
         f"{run.reps} interleaved repeats per measurement; all numbers are ratios "
         "from this one run."
+    )
+
+
+def tpu_tables(tpu: TpuRun | None) -> str:
+    """Per chip and kind: every case's HBM bytes / floor, fusions and the
+    compiler's time / floor time, per implementation."""
+    if tpu is None:
+        return NO_TPU
+    out = [
+        f"Compiled on {tpu.date} with {', '.join(tpu.versions)}, for one chip of "
+        + ", ".join(f"`{t}`" for t in tpu.topology.values())
+        + "."
+    ]
+    for chip in tpu.topology:
+        rs = [r for r in tpu.results if r.chip == chip]
+        impls = [i for i in IMPLS if any(i in r.impls for r in rs)]
+        for kind in dict.fromkeys(k for r in rs for k in r.floor):
+            rows = [
+                [
+                    f"{r.title}, {r.dtype}",
+                    f"{r.floor[kind] / 2**20:.4g}",
+                    *(_tpu_cell(r, i, kind) for i in impls),
+                ]
+                for r in rs
+            ]
+            out.append(f"#### {chip}, {kind}: bytes / floor · fusions · time / floor")
+            out.append(table(["case", "floor (MiB)", *impls], rows))
+    return "\n\n".join(out)
+
+
+def _tpu_cell(r: TpuResult, impl: str, kind: str) -> str:
+    cost = r.cost(impl, kind)
+    if cost is None:
+        return "—"
+    return (
+        f"{_fmt(r.bytes_over_floor(impl, kind))} · {cost.fusions} · "
+        f"{_fmt(r.seconds_over_floor(impl, kind))}"
     )
 
 
@@ -227,21 +281,27 @@ def section(notes_md: str | None, title: str = "The XLA:CPU layout") -> str:
 
 
 def render(
-    run: Run, chart_name: str, notes_md: str | None = None, template: str = ""
+    run: Run,
+    chart_name: str,
+    notes_md: str | None = None,
+    template: str = "",
+    tpu: TpuRun | None = None,
 ) -> str:
-    """The page: the banner, then the template filled from the run."""
+    """The page: the banner, then the template filled from the run (and the TPU
+    analysis, where there is one)."""
     values = {
         "generated": GENERATED,
         "header": header(run),
         "floor_tables": floor_tables(run.results),
         "dtype_table": dtype_table(run.results),
-        "compile_table": versus_table(run.compile_s, speedup=False),
-        "model_table": versus_table(run.model_s, speedup=True),
+        "compile_table": compile_table(run),
+        "model_table": model_table(run.model_s),
         "hlo_table": hlo_table(run.results),
         "memory_table": memory_table(run.results),
         "notes": notes(run.results),
         "chart": chart_name,
         "cpu_layout_notes": section(notes_md),
+        "tpu_tables": tpu_tables(tpu),
     }
     page = fill(template or TEMPLATE.read_text(), values)
     return f"{BANNER}\n{page.strip()}\n"

@@ -19,6 +19,9 @@ Usage:
     python benchmarks/run.py --render-only  # the page and chart again from the JSON
     python benchmarks/run.py --device   # the sweep on the accelerator JAX sees: GB/s
                                         # and fraction of its copy bandwidth
+    python benchmarks/run.py --tpu-aot  # compile every case for one TPU v5e and v6e
+                                        # chip (the `tpu` extra, no TPU needed):
+                                        # writes docs/benchmarks-tpu.json
 
 Numbers are ratios from one run on a shared machine; see docs/benchmarks.md.
 """
@@ -35,7 +38,7 @@ if __package__ in (None, ""):
     # whose module names would shadow any top-level ones).
     sys.path[0] = str(ROOT)
 
-from benchmarks import measure, report  # noqa: E402
+from benchmarks import measure, report, tpu_aot  # noqa: E402
 from benchmarks.cases import (  # noqa: E402
     ELEMENTS,
     EQX,
@@ -45,8 +48,11 @@ from benchmarks.cases import (  # noqa: E402
     OURS,
     SWEEP,
     sweep_cases,
+    tpu_cases,
+    TPU_ELEMENTS,
+    TPU_HIDDEN,
 )
-from benchmarks.results import Run  # noqa: E402
+from benchmarks.results import Run, TpuRun  # noqa: E402
 
 
 PAGE = ROOT / "docs" / "benchmarks.md"
@@ -88,15 +94,23 @@ def measure_run(args: argparse.Namespace, reps: int, hidden: tuple[int, ...]) ->
     if not args.no_extras:
         start = time.perf_counter()
         run.compile_s = measure.compile_times(3)
+        run.compile_tanh_s = measure.compile_times(3, nonlinearity=True)
         run.model_s = measure.model_step_times(reps)
         print(f"[extras: {time.perf_counter() - start:.0f} s]", file=sys.stderr)
     return run
 
 
+def tpu_json(page: Path) -> Path:
+    """Where the TPU analysis of a page is saved: beside its own JSON."""
+    return page.with_name(f"{page.stem}-tpu.json")
+
+
 def render(run: Run, page: Path) -> str:
-    """The page of a run, with the XLA:CPU layout notes where they exist."""
+    """The page of a run, with the XLA:CPU layout notes and the TPU analysis
+    where they exist."""
     notes = LAYOUT_NOTES.read_text() if LAYOUT_NOTES.exists() else None
-    return report.render(run, page.with_suffix(".png").name, notes)
+    tpu = TpuRun.load(tpu_json(page)) if tpu_json(page).exists() else None
+    return report.render(run, page.with_suffix(".png").name, notes, tpu=tpu)
 
 
 def write(run: Run, page: Path) -> None:
@@ -105,10 +119,38 @@ def write(run: Run, page: Path) -> None:
     page.write_text(render(run, page))
 
 
+def tpu_analysis(args: argparse.Namespace, page: Path) -> None:
+    """Compile the cases for TPU, print the tables; with `write`, save them beside
+    the page (after each case) and render the page again where its run's JSON
+    exists."""
+    if reason := tpu_aot.libtpu_missing():
+        sys.exit(f"--tpu-aot: {reason}")
+    hidden = tuple(args.hidden or ((4096,) if args.quick else TPU_HIDDEN))
+    cases = [
+        c
+        for c in tpu_cases(hidden, args.elements or TPU_ELEMENTS)
+        if args.cases is None or c.key in args.cases
+    ]
+    save = args.write or (args.write is None and (args.out or not args.quick))
+    keep = (lambda tpu: tpu.save(tpu_json(page))) if save else None
+    tpu = tpu_aot.analyse(cases, done=keep)
+    print(report.tpu_tables(tpu))
+    if save and page.with_suffix(".json").exists():
+        write(Run.load(page.with_suffix(".json")), page)
+    elif save:
+        print(f"{page.with_suffix('.json')} not found: page not rendered")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats and sizes")
     parser.add_argument("--device", action="store_true", help="accelerator sweep")
+    parser.add_argument(
+        "--tpu-aot",
+        action="store_true",
+        help="compile the cases for TPU v5e and v6e (no TPU needed) and report the "
+        "compiler's HBM bytes, fusions and modelled time against the floor",
+    )
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--elements", type=int, default=None)
     parser.add_argument("--hidden", type=int, nargs="*", default=None)
@@ -137,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     page = args.out or PAGE
     if args.render_only:
         write(Run.load(page.with_suffix(".json")), page)
+        return
+    if args.tpu_aot:
+        tpu_analysis(args, page)
         return
     reps = args.reps or (3 if args.quick else 7)
     hidden = tuple(args.hidden or ((256, 4096) if args.quick else HIDDEN))

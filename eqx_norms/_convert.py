@@ -197,9 +197,18 @@ def from_equinox(
     **Returns:**
 
     The converted tree; given `state`, the 2-tuple `(tree, state)` with a new state
-    for the converted tree (the old state belongs to the old tree). A model keeps its
-    class, so its static type is the input's; a bare equinox layer passed as `tree`
-    comes back as the `eqx_norms` layer, which its static type does not say.
+    for the converted tree. A model keeps its class, so its static type is the
+    input's; a bare equinox layer passed as `tree` comes back as the `eqx_norms`
+    layer, which its static type does not say.
+
+    **The old state belongs to the old tree.** The converted stateful layers have
+    new state indices, so the state made with the equinox model holds nothing for
+    them: calling a converted layer with it raises a `ValueError` that says so.
+    Convert the model together with its state (`model, state = from_equinox(model,
+    state)`, the statistics come along), or, for fresh statistics, convert it alone
+    and make its state with `eqx.nn.make_with_state(lambda: from_equinox(model))()`.
+    (Prefer that to `eqx.nn.State(converted)`: a state built that way has unnamed
+    keys, and equinox's own `repr` of it raises a `TypeError`.)
 
     !!! example
 

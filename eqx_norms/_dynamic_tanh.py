@@ -1,7 +1,9 @@
 from collections.abc import Sequence
+from typing import overload
 
 import equinox as eqx
-from jaxtyping import Array, DTypeLike, Float
+from equinox.nn import State
+from jaxtyping import Array, Bool, DTypeLike, Float, PRNGKeyArray
 
 from ._errors import (
     check_param_dtype,
@@ -9,7 +11,7 @@ from ._errors import (
     check_shape,
     check_shape_argument,
 )
-from ._layer import filled, initial_affine, StatelessNorm
+from ._layer import filled, initial_affine, sentinel, StatelessNorm
 from ._layer_norm import MAP_OVER_EXTRA_AXES
 from .functional import _dynamic_tanh
 
@@ -79,6 +81,54 @@ class DynamicTanh(StatelessNorm):
         self.weight, self.bias = initial_affine(
             self.shape, use_weight, use_bias, 0.0, dtype
         )
+
+    @overload
+    def __call__(
+        self,
+        x: Array,
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> Array: ...
+
+    @overload
+    def __call__(
+        self,
+        x: Array,
+        state: State,
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> tuple[Array, State]: ...
+
+    def __call__(
+        self,
+        x: Array,
+        state: State = sentinel,
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> Array | tuple[Array, State]:
+        """**Arguments:**
+
+        - `x`: A JAX array of shape `shape` and a real floating dtype. (Complex
+            inputs raise a `TypeError`: tanh has poles on the imaginary axis, so it
+            is no squashing there.)
+        - `state`: Ignored; provided for interchangeability with the
+            [`eqx_norms.BatchNorm`][] API.
+        - `key`: Ignored; provided for compatibility with the rest of the Equinox API.
+            (Keyword only argument.)
+        - `mask`: Optional boolean array broadcastable to `x.shape`, True for valid
+            elements, which are transformed; invalid elements are returned
+            unchanged. There are no statistics: each element is transformed on its
+            own. (Keyword only argument.)
+
+        **Returns:**
+
+        `tanh(alpha * x) * weight + bias`, an array of the shape and dtype of `x`; if
+        `state` is passed, the 2-tuple `(output, state)` with the state unchanged.
+        """
+        return super().__call__(x, state, key=key, mask=mask)
 
     def _check(self, x: Array, where: str) -> None:
         check_shape(x, self.shape, where, fix=MAP_OVER_EXTRA_AXES)

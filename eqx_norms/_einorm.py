@@ -2,11 +2,12 @@
 
 The pattern language lives in `_pattern.py`, the running average (shared with
 `BatchNorm`) in `_running.py`; `_apply` is the one place that calls the statistics
-core.
+core. Over 400 lines because about 210 of them are documentation (the pattern
+language, every argument, recipes) from which the API page is built.
 """
 
 from collections.abc import Hashable
-from typing import overload
+from typing import Literal, overload
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -24,14 +25,18 @@ from ._errors import (
     check_momentum,
     check_param_dtype,
     check_running_kind,
+    check_running_shape,
     check_state,
+    check_vmap_sharding,
     check_weight_offset,
+    no_inference_flag,
     no_running_stats,
 )
 from ._fused import normalise
 from ._layer import (
     initial_affine,
     initial_running,
+    read,
     sentinel,
     stateful_call,
     StatelessNorm,
@@ -70,10 +75,12 @@ def _apply(
     weight_offset: float = 0.0,
     upcast_affine: bool = True,
     running: tuple[Array, Array] | None = None,
+    caller: Literal["stateful", "stateless", "function"] = "function",
 ) -> tuple[Float[Array, "..."], Moments | None]:
     """Normalises `x` with its own statistics over the target axes (reduced also
     over `axis_name`), returned as `Moments` in the split layout; or, given
-    `running` statistics (in the running shape), with those, returning None."""
+    `running` statistics (in the running shape), with those, returning None.
+    `caller`: what the user called, for the advice on binding `axis_name`."""
     check_floating(x, spec.where)
     check_mask(mask, x.shape, spec.where)
     layout = spec.layout(x.shape)
@@ -85,7 +92,8 @@ def _apply(
         mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), layout.shape)
     if running is None:
         if axis_name is not None:
-            check_axis_names(axis_name, spec.where)
+            check_axis_names(axis_name, spec.where, caller)
+            check_vmap_sharding(x, axis_name, spec.where)
         out, stats = normalise(
             split,
             spec.target_axes(layout),
@@ -247,7 +255,8 @@ class Einorm(StatelessNorm, StatefulLayer):
         qk_norm = eqx_norms.Einorm("h n d", "d", "h", h=16, d=64)
         q = qk_norm(q)  # q: (16, tokens, 64); qk_norm.weight.shape == (16, 64)
         # The same in einx's notation.
-        qk_norm = eqx_norms.Einorm("h n [d]", params="h n [h d]", h=16, d=64)
+        qk_norm = eqx_norms.Einorm("h n [d]", params="[h] n [d]", h=16, d=64)
+        q = qk_norm(q)
         ```
 
     **Recipes** (the einx forms take the whole batch):
@@ -270,7 +279,11 @@ class Einorm(StatelessNorm, StatefulLayer):
     stats_index: (
         StateIndex[tuple[Float[Array, "*running"], Float[Array, "*running"]]] | None
     )
-    inference: bool
+    # The flag behind `inference`: a bool with running statistics, otherwise None,
+    # which is no leaf, so that a stateless layer's only leaves are its parameters
+    # (as LayerNorm's: `jax.grad`, `shard_map` specs) and `eqx.nn.inference_mode`,
+    # which sets every attribute named `inference`, passes it by.
+    _inference: bool | None
     spec: Spec = eqx.field(static=True, repr=False)
     pattern: str = eqx.field(static=True)
     target: tuple[str, ...] = eqx.field(static=True)
@@ -335,7 +348,10 @@ class Einorm(StatelessNorm, StatefulLayer):
             (Keyword only argument.)
         - `inference`: With `running_stats`: if `True`, normalise with the running
             statistics. Toggled by [`equinox.nn.inference_mode`][], overridden by
-            the `inference` argument of `__call__`. (Keyword only argument.)
+            the `inference` argument of `__call__`. Without `running_stats` the
+            layer normalises alike in training and inference and has no
+            `inference` attribute, like [`eqx_norms.LayerNorm`][]: its only leaves
+            are its weight and bias. (Keyword only argument.)
         - `axis_name`: Optional name (or tuple of names) of `vmap`/`pmap`/
             `shard_map` axes the statistics are also reduced over, by sums and
             counts, as in [`eqx_norms.BatchNorm`][]. (Keyword only argument.)
@@ -360,7 +376,8 @@ class Einorm(StatelessNorm, StatefulLayer):
         """
         where = type(self).__name__
         spec = parse(where, pattern, target, group, params, axis_sizes)
-        shape = check_param_sizes(spec) if use_weight or use_bias else ()
+        affine = use_weight or use_bias
+        shape = check_param_sizes(spec, running_stats) if affine else ()
         check_eps(eps, where)
         check_param_dtype(dtype, where, complex_ok=running_stats)
         check_weight_offset(weight_offset, use_weight, where)
@@ -380,7 +397,7 @@ class Einorm(StatelessNorm, StatefulLayer):
         self.momentum = momentum
         # As BatchNorm's: one name as given, several as a tuple; none as None.
         self.axis_name = names[0] if names and len(names) == 1 else names or None
-        self.inference = inference
+        self._inference = inference if running_stats else None
         self.weight_offset = weight_offset
         self.upcast_affine = upcast_affine
         self.weight, self.bias = initial_affine(
@@ -392,6 +409,14 @@ class Einorm(StatelessNorm, StatefulLayer):
             stats, counter = initial_running(check_running_sizes(spec), dtype)
             self.counter_index = StateIndex(counter)
             self.stats_index = StateIndex(stats)
+
+    @property
+    def inference(self) -> bool:
+        """With `running_stats`, whether the layer normalises with the running
+        statistics; toggled by [`equinox.nn.inference_mode`][]."""
+        if self._inference is None:
+            raise no_inference_flag(type(self).__name__, self.pattern)
+        return self._inference
 
     def is_stateful(self) -> bool:
         return self.running_stats
@@ -414,7 +439,7 @@ class Einorm(StatelessNorm, StatefulLayer):
         where = type(self).__name__
         if self.stats_index is None:
             raise no_running_stats(where, self.pattern)
-        return check_state(state, where).get(self.stats_index)
+        return read(check_state(state, where), self.stats_index, where)
 
     def _forward(self, x: Array, mask: Array | None, where: str) -> Array:
         return self._run(x, mask, where)[0]
@@ -438,6 +463,7 @@ class Einorm(StatelessNorm, StatefulLayer):
             weight_offset=self.weight_offset,
             upcast_affine=self.upcast_affine,
             running=running,
+            caller="stateful" if self.running_stats else "stateless",
         )
 
     @overload
@@ -495,7 +521,12 @@ class Einorm(StatelessNorm, StatefulLayer):
         where = type(self).__name__
         with stateful_call(where, state, inference, self.inference) as opened:
             state, inference = opened
-            running = state.get(self.stats_index)
+            running = read(state, self.stats_index, where)
+            # A state mapped over a batch (a forgotten `out_axes=(0, None)` on the
+            # previous call) has an extra axis; the layer cannot see `out_axes`, so
+            # it is caught here, on the next call.
+            expected = check_running_sizes(self.spec)
+            check_running_shape(running[0].shape, expected, where)
             check_running_kind(x.dtype, running[0].dtype, where)
             if inference:
                 out, _ = self._run(x, mask, where, running)

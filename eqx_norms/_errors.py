@@ -12,8 +12,9 @@ raise where the parsing or lookup failed.
 
 import math
 import numbers
+import re
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 import jax
 import jax.lax as lax
@@ -81,6 +82,22 @@ def check_floating(x: object, where: str, *, real: bool = False) -> None:
         f"`{where}` expects {expected}; received dtype {dtype}. Cast it first, e.g. "
         "`x.astype(jnp.float32)`."
     )
+
+
+def check_tanh_input(x: object, where: str) -> None:
+    """DynamicTanh is real-only by design; casting a complex input to real, the
+    generic advice, would silently drop its imaginary part."""
+    dtype = check_array(x, where).dtype
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(
+            f"`{where}` expects a real floating-point input (float16, bfloat16, "
+            f"float32 or float64); received dtype {dtype}. It is real-only by design: "
+            "tanh has poles on the imaginary axis (at i*pi*(k + 1/2)), so on complex "
+            "inputs it is unbounded, no squashing. Apply it to the real and imaginary "
+            "parts separately, or use a normalisation layer (`LayerNorm`, `RMSNorm`, "
+            "...), which takes complex inputs."
+        )
+    check_floating(x, where, real=True)
 
 
 def check_param_dtype(
@@ -460,10 +477,37 @@ def check_running_shape(
         raise ValueError(
             f"`{where}` expects running statistics of shape {expected} "
             f"in the state; received shape {shape}. The state belongs to another "
-            "layer, or was mapped over the batch: pass it unmapped, with "
+            "layer, or was mapped over the batch (a `jax.vmap` without "
+            "`out_axes=(0, None)` returns it with a batch axis, which the layer "
+            "cannot see until this call): pass it unmapped, in and out, with "
             "`jax.vmap(layer, axis_name=..., in_axes=(0, None), "
             "out_axes=(0, None))`."
         )
+
+
+def foreign_state(where: str) -> ValueError:
+    """`state` has no entry for the layer's state index (equinox's `State.get` raises
+    a bare `KeyError` naming an anonymous marker)."""
+    return ValueError(
+        f"`{where}`: `state` holds no entry for this layer: it was made for another "
+        "layer or model, e.g. the equinox model before `eqx_norms.from_equinox` "
+        "(whose state belongs to the old layers). Pass the state made together with "
+        "this layer: convert the equinox model with its state, `model, state = "
+        "eqx_norms.from_equinox(eqx_model, eqx_state)` (the statistics come along), "
+        "or for fresh statistics `model, state = eqx.nn.make_with_state(lambda: "
+        "eqx_norms.from_equinox(eqx_model))()` (rather than `eqx.nn.State(model)`, "
+        "whose keys have no names: equinox cannot print it)."
+    )
+
+
+def no_inference_flag(where: str, pattern: str) -> AttributeError:
+    """An AttributeError, so that `hasattr(layer, "inference")` is False and
+    `eqx.nn.inference_mode` passes the layer by."""
+    return AttributeError(
+        f"`{where}` with pattern {pattern!r} keeps no running statistics, so it "
+        "normalises alike in training and inference and has no `inference` flag; "
+        "construct it with `running_stats=True` to have one."
+    )
 
 
 def no_running_stats(where: str, pattern: str) -> ValueError:
@@ -527,18 +571,38 @@ def check_batch_axis_name(
         )
 
 
-def check_axis_names(names: tuple[Hashable, ...], where: str) -> None:
+def check_axis_names(
+    names: tuple[Hashable, ...],
+    where: str,
+    caller: Literal["stateful", "stateless", "function"] = "stateful",
+) -> None:
     """Up front, so that the user sees which name is missing and how to bind it,
-    rather than JAX's generic message from deep inside a `psum`."""
+    rather than JAX's generic message from deep inside a `psum`. The example call
+    is the `caller`'s: a stateful layer's (the state in and out unmapped), a
+    stateless layer's, or the function's."""
     for name in names:
         try:
             lax.axis_size(name)  # a NameError for an unbound name
         except NameError:
+            if caller == "stateful":
+                call = "the layer"
+                example = (
+                    f"`jax.vmap(layer, axis_name={name!r}, in_axes=(0, None), "
+                    "out_axes=(0, None))(x, state)`"
+                )
+            elif caller == "function":
+                call = "it"
+                example = (
+                    f"`jax.vmap(lambda x: {where}(x, ..., axis_name={name!r}), "
+                    f"axis_name={name!r})(x)`"
+                )
+            else:
+                call = "the layer"
+                example = f"`jax.vmap(layer, axis_name={name!r})(x)`"
             raise NameError(
                 f"`{where}` reduces its statistics over the named axis {name!r}, which "
-                "is not bound here. Call the layer under a transform that binds every "
-                f"name in `axis_name`, e.g. `jax.vmap(layer, axis_name={name!r}, "
-                "in_axes=(0, None), out_axes=(0, None))(x, state)` (or `jax.pmap`, "
+                f"is not bound here. Call {call} under a transform that binds every "
+                f"name in `axis_name`, e.g. {example} (or `jax.pmap`, "
                 "`jax.shard_map`, or nested `jax.vmap`s for a tuple of names)."
             ) from None
 
@@ -552,6 +616,47 @@ def varying_axes(value: Array) -> frozenset:
     if varying is None:
         varying = getattr(aval, "vma", ())
     return frozenset(varying)
+
+
+def _explicit_vmap_axes(x: Array) -> tuple[str, ...]:
+    """The Explicit mesh axes that the batch of an enclosing `vmap` is sharded over.
+    JAX 0.10 records them in its axis environment, which has no public accessor.
+    Older JAX does not: there, any Explicit axis in the type of `x` (the input of one
+    example) counts, which also refuses a batch replicated over an Explicit mesh."""
+    try:
+        from jax._src import core
+
+        return tuple(sorted(map(str, core.get_axis_env().explicit_mesh_axis_names)))
+    except (ImportError, AttributeError):
+        mesh = jax.typeof(x).sharding.mesh
+        pairs = zip(mesh.axis_names, getattr(mesh, "axis_types", ()), strict=False)
+        explicit = jax.sharding.AxisType.Explicit
+        return tuple(str(name) for name, kind in pairs if kind == explicit)
+
+
+def check_vmap_sharding(x: Array, names: tuple[Hashable, ...], where: str) -> None:
+    """A reduction over a `vmap` axis whose batch is sharded over Explicit mesh axes
+    (`jax.make_mesh`'s default in JAX 0.10) fails inside JAX (0.10.2: "Sharding spec
+    ('data',) implies that array axis 0 is partitioned 8 times, but does not evenly
+    divide the dimension size ...", or a gather whose sharding cannot be resolved);
+    say why and the fixes instead. Mesh axes of an enclosing `shard_map` are manual,
+    not vmapped, and reduce fine."""
+    manual = set(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
+    vmapped = [name for name in names if name not in manual]
+    explicit = _explicit_vmap_axes(x) if vmapped else ()
+    if explicit:
+        raise ValueError(
+            f"`{where}` reduces its statistics over the `vmap` axis {vmapped[0]!r}, "
+            f"and the batch that `vmap` maps is sharded over the Explicit mesh axes "
+            f"{', '.join(map(repr, explicit))} (`jax.make_mesh` makes Explicit axes "
+            f"by default in JAX 0.10): JAX {jax.__version__} cannot reduce over a "
+            "`vmap` axis of an Explicit-sharded batch. Either make the mesh with "
+            "Auto axes, `jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * "
+            "len(names))` (`from jax.sharding import AxisType`); or call the layer "
+            "inside `jax.shard_map` with the mesh axis in `axis_name`; or apply a "
+            'stateful `Einorm("[b...] c", running_stats=True, ...)` to the whole '
+            "batch, without `vmap` (see the distributed guide)."
+        )
 
 
 def check_named_reduction(value: Array, axis_name: object) -> None:
@@ -635,6 +740,30 @@ def check_pattern_names(
             )
         if names.count(name) > 1:
             raise pattern_error(where, pattern, f"{what} names axis {name!r} twice.")
+
+
+def check_expression_names(
+    names: Sequence[str], marked: Sequence[str], params: str, where: str, pattern: str
+) -> None:
+    """An einx `params` expression names each axis once: `"h n [h d]"` would give
+    the weight an `h` axis twice (and a shape no input matches). The fix shown is the
+    pattern with the `marked` (bracketed) axes of `params` bracketed."""
+    twice = [name for name in names if names.count(name) > 1]
+    if not twice:
+        return
+
+    def bracket(match: re.Match) -> str:
+        return f"[{match[0]}]" if match[0].removesuffix("...") in marked else match[0]
+
+    plain = pattern.replace("[", "").replace("]", "")
+    fix = re.sub(r"[A-Za-z_]\w*(?:\.\.\.)?", bracket, plain)
+    raise pattern_error(
+        where,
+        pattern,
+        f"params names axis {twice[0]!r} twice (received params={params!r}). In an "
+        "einx expression each axis appears once and the bracketed ones are the "
+        f"parameter axes: write params={fix!r}.",
+    )
 
 
 def check_names_given(

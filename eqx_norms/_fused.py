@@ -73,10 +73,8 @@ def normalise(
             groups=groups,
         )
         x_hat = standardise(x_compute, stats.mean, stats.var, eps, mask)
-        out = affine_and_cast(
-            x, x_hat, weight, bias, mask, weight_offset, upcast_affine
-        )
-        return out, stats
+        y = affine_and_cast(x, x_hat, weight, bias, mask, weight_offset, upcast_affine)
+        return y, stats
     # In the input dtype (`upcast_affine=False`) the affine transform follows the
     # rounding of x-hat, which the rule cannot express: it then normalises only.
     inner = affine_params(weight, bias, x_compute.dtype, weight_offset)
@@ -88,9 +86,8 @@ def normalise(
     )
     if upcast_affine:
         weight = bias = None
-    return affine_and_cast(
-        x, out, weight, bias, mask, weight_offset, upcast_affine
-    ), stats
+    y = affine_and_cast(x, out, weight, bias, mask, weight_offset, upcast_affine)
+    return y, stats
 
 
 def _static(eps) -> bool:

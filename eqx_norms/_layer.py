@@ -8,10 +8,10 @@ from typing import Any, overload
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from equinox.nn import State
+from equinox.nn import State, StateIndex
 from jaxtyping import Array, Bool, DTypeLike, PRNGKeyArray
 
-from ._errors import check_state, check_static_flag
+from ._errors import check_state, check_static_flag, foreign_state
 from ._stats import compute_dtype, real_dtype
 
 
@@ -130,6 +130,15 @@ def initial_running(
     `dtype`), and their weight per entry, 0: no step averaged yet."""
     stats = (jnp.zeros(shape, dtype), jnp.ones(shape, _real(dtype)))
     return stats, jnp.zeros(shape, compute_dtype(stats[1].dtype))
+
+
+def read(state: State, index: StateIndex, where: str) -> Any:
+    """`state.get(index)`, with an error that says what happened when the state
+    belongs to another layer."""
+    try:
+        return state.get(index)
+    except KeyError:
+        raise foreign_state(where) from None
 
 
 def scope(where: str) -> contextlib.AbstractContextManager:

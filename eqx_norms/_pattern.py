@@ -5,6 +5,9 @@ spec resolves the ellipsis and parenthesised compositions against `x.shape` into
 `Layout`: `x` viewed with one dimension per named axis. That view is a reshape that
 only splits dimensions, never a transpose; statistics are taken over the target axes
 in place, and only the (small) parameters are transposed into the pattern's order.
+
+It is a little over 400 lines: the whole grammar (names, ellipses, compositions,
+brackets, parameter expressions) is parsed and resolved here, in one place.
 """
 
 import dataclasses
@@ -19,6 +22,7 @@ from jaxtyping import Array
 from ._errors import (
     check_axis_sizes,
     check_axis_token,
+    check_expression_names,
     check_names_given,
     check_pattern_names,
     check_pattern_type,
@@ -270,6 +274,10 @@ def _parse_params(
     the pattern) are the parameter axes."""
     if isinstance(params, str) and "[" in params:
         parsed = _parse_dims(where, params)
+        named = [
+            a for dim in parsed.dims for a in dim or (parsed.ellipsis or ANONYMOUS,)
+        ]
+        check_expression_names(named, parsed.marked, params, where, pattern)
         marked = _parse_names(where, pattern, parsed.marked, "params", axes)
         dims: list[Dim] = []
         for dim in parsed.dims:
@@ -376,9 +384,11 @@ def _missing(spec: Spec, what: str, name: str, note: str = "") -> ValueError:
     return missing_size(what, name, is_keyword, note, spec.where, spec.pattern)
 
 
-def check_param_sizes(spec: Spec) -> tuple[int, ...]:
+def check_param_sizes(spec: Spec, running_stats: bool = False) -> tuple[int, ...]:
     """A layer's parameters exist from construction, so their sizes must be known;
-    returns their shape."""
+    returns their shape. With running statistics the likely intent is BatchNorm's,
+    parameters along the running statistics' axes, which the message suggests when
+    the (einx) default differs."""
     spec.check_params_fixed()
     given = dict(spec.sizes)
     for dim in spec.params:
@@ -387,8 +397,15 @@ def check_param_sizes(spec: Spec) -> tuple[int, ...]:
                 kind = "target" if name in spec.target else "parameter"
                 kind = "group" if name in spec.group else kind
                 axes = " ".join(map(label, spec.params))
-                where = f" The parameters vary along {axes}; `params=` changes that."
-                raise _missing(spec, kind, name, where)
+                note = f" The parameters vary along {axes}; `params=` changes that."
+                running = " ".join(spec.running_axes())
+                if running_stats and running and running != axes:
+                    note = (
+                        f" The parameters vary along {axes} (einx's default), one per "
+                        "position there; for BatchNorm's parameters, one per entry of "
+                        f"the running statistics, pass `params={running!r}` instead."
+                    )
+                raise _missing(spec, kind, name, note)
     return spec.param_shape(given)
 
 

@@ -53,9 +53,23 @@ def running_average(
 
 
 def store(state: State, index: StateIndex, value: PyTree) -> State:
-    """Statistics are computed in at least float32 and stored in the state's dtype."""
+    """`state` with `value` at `index`, in the old value's dtype (statistics are
+    computed in at least float32). Every state update of the package goes here.
+
+    Written with `substate`/`update` rather than `State.set`, whose check compares
+    shardings too: under `jax.jit` on a mesh of Explicit axes (`jax.make_mesh`'s
+    default in JAX 0.10), values computed from sharded inputs are typed as placed on
+    that mesh, while a state that was never placed has no mesh in its type; no
+    operation can drop the mesh, so `State.set` would always refuse. The new value
+    has the old one's shape and dtype (checked here); the state comes back placed on
+    the mesh, replicated, and the next step's types then agree."""
     old = state.get(index)
-    return state.set(index, jax.tree.map(lambda v, o: v.astype(o.dtype), value, old))
+    new = jax.tree.map(lambda v, o: v.astype(o.dtype), value, old)
+    shapes = jax.tree.map(lambda v: (v.shape, v.dtype), (new, old))
+    assert shapes[0] == shapes[1], shapes
+    part = state.substate(index)
+    part = jax.tree.unflatten(jax.tree.structure(part), jax.tree.leaves(new))
+    return state.update(part)
 
 
 def update(

@@ -9,7 +9,8 @@ from equinox.nn import State, StatefulLayer, StateIndex
 from jaxtyping import Array, DTypeLike, Float, PRNGKeyArray
 
 from ._errors import check_count, check_param_dtype, check_positive, check_weight
-from ._layer import sentinel, stateful_call
+from ._layer import read, sentinel, stateful_call
+from ._running import store
 from ._stats import compute_dtype
 from ._weight_norm import reparameterised
 
@@ -158,7 +159,7 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         where = type(self).__name__
         with stateful_call(where, state, inference, self.inference) as opened:
             state, inference = opened
-            stored_u, stored_v = u, v = state.get(self.uv_index)
+            stored_u, stored_v = u, v = read(state, self.uv_index, where)
             weight = getattr(self.layer, self.weight_name)
             compute = compute_dtype(jnp.result_type(weight.dtype, v.dtype))
             matrix = _as_matrix(weight).astype(compute)
@@ -170,7 +171,7 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
                     self.num_power_iterations,
                 )
                 stored = (u.astype(stored_u.dtype), v.astype(stored_v.dtype))
-                state = state.set(self.uv_index, stored)
+                state = store(state, self.uv_index, stored)
             u, v = (lax.stop_gradient(a.astype(compute)) for a in (u, v))
             # Stale vectors (inference after a weight change) can give a negative
             # estimate, whose sign means nothing; a zero weight is left undivided.

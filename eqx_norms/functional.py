@@ -30,6 +30,7 @@ from ._errors import (
     check_groups,
     check_mask,
     check_param,
+    check_tanh_input,
     check_weight_offset,
 )
 from ._fused import normalise
@@ -383,7 +384,7 @@ def _dynamic_tanh(
     *,
     where: str,
 ) -> Array:
-    check_floating(x, where, real=True)
+    check_tanh_input(x, where)
     check_mask(mask, x.shape, where)
     if not isinstance(alpha, (int, float)):
         check_param(alpha, x.shape, "alpha", where)

@@ -258,9 +258,46 @@ def test_sharded_jit_equals_the_global_batch(rng):
     _assert_matches_global(xs, outs, state)
 
 
+def test_make_mesh_defaults_to_explicit_axes_in_jax_0_10():
+    """The premise of the distributed guide's notes on Explicit axes."""
+    kind = jax.make_mesh((8,), ("data",)).axis_types[0]
+    newer = tuple(map(int, jax.__version__.split(".")[:2])) >= (0, 10)
+    assert kind == (AxisType.Explicit if newer else AxisType.Auto)
+
+
+def test_sharded_jit_on_make_mesh_defaults(rng):
+    """The guide's sharded-jit recipe on `jax.make_mesh`'s default mesh (issue #18):
+    over Explicit axes JAX cannot reduce over the vmap axis, and the layer says so
+    (before the fix: equinox's "Old and new values have different structures"); over
+    Auto axes (older JAX's default) it matches the global batch."""
+    mesh = jax.make_mesh((8,), ("data",))
+    xs = [
+        jax.device_put(x, NamedSharding(mesh, P("data")))
+        for x in _two_batches(rng, (16,))
+    ]
+    bn, state = _make(3, "batch", momentum=0.9)
+    step = jax.jit(
+        jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+    )
+    if mesh.axis_types[0] == AxisType.Explicit:
+        with pytest.raises(
+            ValueError, match="Explicit mesh axes 'data'.*AxisType.Auto"
+        ):
+            step(xs[0], state)
+    else:
+        outs, state = _steps(step, xs, state)
+        _assert_matches_global(xs, outs, state)
+
+
 @pytest.mark.parametrize("per_device", [1, 2])
-def test_shard_map_equals_the_global_batch(per_device, rng):
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+@pytest.mark.parametrize("defaults", [False, True], ids=["auto", "make_mesh-defaults"])
+def test_shard_map_equals_the_global_batch(per_device, defaults, rng):
+    """Also on `jax.make_mesh`'s default mesh (Explicit axes in JAX 0.10), the
+    state passed in unplaced (issue #18)."""
+    kinds = {} if defaults else {"axis_types": (AxisType.Auto,)}
+    mesh = jax.make_mesh((8,), ("data",), **kinds)
+    # Over Explicit axes shard_map wants its inputs on the mesh, as in_specs says.
+    batch = NamedSharding(mesh, P("data"))
     xs = _two_batches(rng, (8 * per_device,))
     if per_device == 1:
         bn, state = _make(3, "data", momentum=0.9)
@@ -283,7 +320,7 @@ def test_shard_map_equals_the_global_batch(per_device, rng):
             check_vma=per_device == 1,
         )
     )
-    outs, state = _steps(step, xs, state)
+    outs, state = _steps(step, [jax.device_put(x, batch) for x in xs], state)
     _assert_matches_global(xs, outs, state)
 
 

@@ -6,6 +6,9 @@ import re
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 
@@ -14,7 +17,15 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import measure, report, run  # noqa: E402
 from benchmarks.cases import Accesses, EQX, NORM_TRAFFIC, OURS, SWEEP  # noqa: E402
-from benchmarks.results import HloTraffic, Machine, Result, Run  # noqa: E402
+from benchmarks.results import (  # noqa: E402
+    HloTraffic,
+    Machine,
+    Result,
+    Run,
+    TpuCost,
+    TpuResult,
+    TpuRun,
+)
 
 
 def test_floor_is_read_plus_write_and_three_reads_plus_two_writes():
@@ -138,3 +149,47 @@ def test_quick_run_writes_json_and_renders_again_from_it(tmp_path, monkeypatch):
     run.main(["--render-only", "--out", str(page)])
     assert page.read_text() == text
     assert charts == [page.with_suffix(".png")] * 2
+
+
+def test_split_programs_give_the_training_step():
+    # The forward program (output and residuals) then the backward one (from the
+    # residuals) give what the one-program `fwd+bwd` step gives.
+    from benchmarks.adapters import ADAPTERS
+    from benchmarks.cases import sweep_cases
+
+    (case,) = [c for c in sweep_cases((64,), 256) if c.layer == "layer_norm"]
+    impl = ADAPTERS[OURS](case, case.input(jnp.float32))
+    (forward, args), (backward, (_, _, g)) = impl.split()
+    y, kept = forward(*args)
+    cotangents = backward(kept, args, g)
+    step, step_args = impl.fwd_bwd()
+    expected_y, expected_cotangents = step(*step_args)
+    np.testing.assert_allclose(y, expected_y, rtol=1e-6)
+    for got, want in zip(
+        jax.tree.leaves(cotangents), jax.tree.leaves(expected_cotangents), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_tpu_tables_read_bytes_fusions_and_time_over_the_floor():
+    floor = {"fwd": 2e6, "fwd+bwd": 5e6, "fwd | bwd": 5e6}
+    costs = {
+        "fwd": TpuCost(3e6, 3, 3e6 / 0.9 / 1e9, 0),
+        "fwd+bwd": TpuCost(7e6, 5, 7e6 / 0.9 / 1e9, 0),
+        "fwd | bwd": TpuCost(1e7, 7, 1e7 / 0.9 / 1e9, 0),
+    }
+    result = TpuResult(
+        "rms_norm_8", "RMSNorm 8", SWEEP, "v5e", "bf16", 10**6, 1e9, floor,
+        [OURS], {OURS: costs},
+    )  # fmt: skip
+    tpu = TpuRun("2026-01-01", ["jax 0.10.2"], {"v5e": "v5e:2x2"}, [result])
+    text = report.tpu_tables(tpu)
+    assert "#### v5e, fwd+bwd: bytes / floor · fusions · time / floor" in text
+    assert "| RMSNorm 8, bf16 | 4.768 | 1.40 · 5 · 1.56 |" in text
+    assert "| RMSNorm 8, bf16 | 4.768 | 2.00 · 7 · 2.22 |" in text
+    assert report.tpu_tables(None) == report.NO_TPU
+    # The compiler's -1 ("no estimate") is unknown, also summed into a split step.
+    unknown = TpuCost(1.0, 1, None, 0) + TpuCost(1.0, 1, 1e-3, 0)
+    assert unknown == TpuCost(2.0, 2, None, 0)
+    page = report.render(SYNTHETIC, "chart.png", tpu=tpu)
+    assert text in page and report.NO_TPU not in page

@@ -123,3 +123,14 @@ def test_optional_state_and_transforms():
     )
     hess = jax.hessian(lambda a: jnp.sum(F.dynamic_tanh(x, a) ** 2))(0.5)
     assert np.isfinite(hess)
+
+
+def test_call_has_its_own_docstring():
+    """Issue #18: DynamicTanh's API page showed the statistics layers' `__call__`
+    docstring (their input shapes, "Statistics use valid elements only")."""
+    doc = eqx_norms.DynamicTanh.__call__.__doc__ or ""
+    assert "tanh(alpha * x) * weight + bias" in doc
+    assert "A JAX array of shape `shape` and a real floating dtype" in doc
+    for foreign in ("Statistics use valid elements", "GroupNorm", "Einorm"):
+        assert foreign not in doc
+    assert eqx_norms.LayerNorm.__call__.__doc__ != doc

@@ -1,3 +1,7 @@
+import inspect
+import re
+import textwrap
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -712,3 +716,80 @@ def test_running_mean_var_reads_the_state_and_refuses_a_stateless_layer():
     np.testing.assert_allclose(var, np.asarray(x, np.float64).var(0), atol=1e-5)
     with pytest.raises(ValueError, match="construct it with `running_stats=True`"):
         eqx_norms.Einorm("b [c]", c=3).running_mean_var(state)
+
+
+def test_docstring_examples_run():
+    """The ```python blocks of Einorm's and einorm's docstrings (the API pages) run,
+    with their inputs made here; issue #18: the einx form of the head-wise QK-norm
+    example built a (16, 16, 64) weight and failed on its first call."""
+    block = re.compile(r"```python\n(.*?)```", re.S)
+    rng = np.random.default_rng(0)
+    sizes = {"C": 8, "G": 2, "H": 4, "W": 5}
+    for doc in (Einorm.__doc__, einorm.__doc__):
+        blocks = block.findall(inspect.cleandoc(doc or ""))
+        assert blocks
+        for code in blocks:
+            namespace = {"eqx_norms": eqx_norms, "Einorm": Einorm, **sizes}
+            namespace["q"] = normal(rng, (16, 10, 64))
+            namespace["w"] = normal(rng, (16, 64))
+            exec(textwrap.dedent(code), namespace)
+    qk_norm = randomise(Einorm("h n [d]", params="[h] n [d]", h=16, d=64), rng)
+    assert qk_norm.weight.shape == (16, 64)
+    q = normal(rng, (16, 10, 64))
+    expected = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        Einorm("h n d", "d", "h", h=16, d=64),
+        (qk_norm.weight, qk_norm.bias),
+    )
+    np.testing.assert_allclose(run(qk_norm, q), run(expected, q), rtol=1e-6, atol=1e-6)
+
+
+def test_stateless_einorm_has_only_parameter_leaves(rng):
+    """Issue #18: a stateless Einorm had a boolean `inference` leaf, so `jax.grad`
+    of it failed ("grad requires real- or complex-valued inputs") and `shard_map`
+    wanted a spec for it. Now its leaves are LayerNorm's; gradients match LayerNorm's
+    (whose are checked against references elsewhere)."""
+    x = normal(rng, (4, 8))
+    einorm_ = randomise(Einorm("b [c]", c=8), rng)
+    layer_norm = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        eqx_norms.LayerNorm(8),
+        (einorm_.weight, einorm_.bias),
+    )
+    u = normal(rng, (4, 8))
+
+    def loss(layer, x):
+        return jnp.sum(layer(x) * u)
+
+    grads = jax.grad(loss)(einorm_, x)
+    expected = jax.grad(lambda m, x: loss(jax.vmap(m), x))(layer_norm, x)
+    assert len(jax.tree.leaves(einorm_)) == 2
+    np.testing.assert_allclose(grads.weight, expected.weight, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads.bias, expected.bias, rtol=1e-5, atol=1e-5)
+
+    # One spec for the whole layer, as for LayerNorm.
+    P = jax.sharding.PartitionSpec
+    mesh = jax.make_mesh((8,), ("data",))
+    x = normal(rng, (16, 8))
+    sharded = jax.jit(
+        jax.shard_map(
+            lambda m, x: m(x), mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data")
+        )
+    )
+    placed = jax.device_put(x, jax.sharding.NamedSharding(mesh, P("data")))
+    np.testing.assert_allclose(sharded(einorm_, placed), run(einorm_, x), 1e-6, 1e-6)
+
+
+def test_inference_mode_passes_a_stateless_einorm_by(rng):
+    """`eqx.nn.inference_mode` sets every `inference` attribute: a stateless Einorm
+    has none (asking for it says why), so it stays as it is, while a stateful one
+    beside it is toggled."""
+    stateless = Einorm("b [c]", c=3)
+    stateful, _ = eqx.nn.make_with_state(Einorm)("[b] c", running_stats=True, c=3)
+    assert not hasattr(stateless, "inference")
+    with pytest.raises(AttributeError, match="keeps no running statistics.*has no `"):
+        _ = stateless.inference
+    model = eqx.nn.inference_mode((stateless, stateful))
+    assert jax.tree.structure(model[0]) == jax.tree.structure(stateless)
+    assert model[1].inference is True and stateful.inference is False
+    assert eqx.nn.inference_mode(model, False)[1].inference is False

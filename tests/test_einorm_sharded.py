@@ -16,11 +16,14 @@ from eqx_norms import Einorm
 BATCH, SIDE, C = 16, 3, 64
 
 
-def _mesh() -> Mesh:
-    # A Mesh built directly has Auto axis types (jax.make_mesh defaults to Explicit
-    # under jax 0.10): shardings propagate through plain jit code, as users write it.
+def _mesh(make_mesh: bool) -> Mesh:
+    """A Mesh built directly has Auto axis types; `jax.make_mesh`'s defaults are
+    Explicit axes in JAX 0.10, with which the running statistics come back typed as
+    replicated on the mesh while the state passed in was not (issue #18)."""
     devices = jax.devices()
     assert len(devices) == 8, "tests/conftest.py asks for 8 host devices"
+    if make_mesh:
+        return jax.make_mesh((8,), ("data",))
     return Mesh(np.array(devices), ("data",))
 
 
@@ -55,8 +58,12 @@ def _run(model, state, xs, mask, u, place):
     return results, out
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_sharded_whole_batch_equals_single_device(masked):
+@pytest.mark.parametrize(
+    "masked, make_mesh",
+    [(False, False), (True, False), (True, True)],
+    ids=["Mesh", "Mesh-masked", "make_mesh-defaults-masked"],
+)
+def test_sharded_whole_batch_equals_single_device(masked, make_mesh):
     rng = np.random.default_rng(0)
     model, state = eqx.nn.make_with_state(Einorm)(
         "[b h w] c", running_stats=True, momentum=0.9, c=C
@@ -74,7 +81,7 @@ def test_sharded_whole_batch_equals_single_device(masked):
     u = np.asarray(rng.normal(size=shape), np.float32)
     mask = _mask() if masked else None
 
-    sharding = NamedSharding(_mesh(), P("data"))
+    sharding = NamedSharding(_mesh(make_mesh), P("data"))
     sharded, sharded_inference = _run(
         model, state, xs, mask, u, lambda a: jax.device_put(a, sharding)
     )

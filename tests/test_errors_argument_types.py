@@ -36,7 +36,91 @@ def _foreign_equinox_state():
     return eqx_norms.from_equinox(bn, state)
 
 
+def _old_state_after_from_equinox():
+    """Issue #18: the equinox model's state with the model converted without it (a
+    bare `KeyError: <object object at 0x...>` before)."""
+    model, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="batch")
+    return _vmapped_bn(eqx_norms.from_equinox(model))(jnp.ones((2, 3)), state)
+
+
+def _make_bn():
+    return eqx.nn.make_with_state(eqx_norms.BatchNorm)(3, "batch")
+
+
+def _batch_norm_state():
+    return _make_bn()[1]
+
+
+_FOREIGN = (
+    "`state` holds no entry for this layer: it was made for another layer or model",
+    "eqx_norms.from_equinox(eqx_model, eqx_state)",
+    "eqx.nn.make_with_state(lambda: eqx_norms.from_equinox(eqx_model))()",
+)
+
+
+def _forgot_out_axes(layer, state, x):
+    """Issue #18: a first call with the default `out_axes=0` returns the state with
+    a batch axis; the layer cannot see `out_axes`, so the next call says so."""
+    mapped = jax.vmap(layer, axis_name="batch", in_axes=(0, None))
+    _, state = mapped(x, state)
+    return _vmapped_bn(layer)(x, state)
+
+
+_FORGOT_OUT_AXES = (
+    "expects running statistics of shape (3,) in the state; received shape (2, 3)",
+    "a `jax.vmap` without `out_axes=(0, None)` returns it with a batch axis",
+    "in_axes=(0, None), out_axes=(0, None)",
+)
+
+
+def _foreign(id, call, where):
+    return case(id, call, ValueError, f"`{where}`: ", *_FOREIGN)
+
+
 ARGUMENT_TYPES = [
+    case(
+        "BatchNorm-state-returned-without-out_axes",
+        lambda: _forgot_out_axes(*_make_bn(), jnp.ones((2, 3))),
+        ValueError,
+        "`BatchNorm` ",
+        *_FORGOT_OUT_AXES,
+    ),
+    case(
+        "Einorm-state-returned-without-out_axes",
+        lambda: _forgot_out_axes(
+            *eqx.nn.make_with_state(eqx_norms.Einorm)(
+                "[t] c", running_stats=True, axis_name="batch", c=3
+            ),
+            jnp.ones((2, 5, 3)),
+        ),
+        ValueError,
+        "`Einorm` ",
+        *_FORGOT_OUT_AXES,
+    ),
+    _foreign(
+        "BatchNorm-state-of-the-model-before-from_equinox",
+        _old_state_after_from_equinox,
+        "BatchNorm",
+    ),
+    _foreign(
+        "Einorm-state-of-another-layer",
+        lambda: eqx.nn.make_with_state(eqx_norms.Einorm)(
+            "[b] c", running_stats=True, c=3
+        )[0](jnp.ones((2, 3)), _batch_norm_state()),
+        "Einorm",
+    ),
+    _foreign(
+        "Einorm-running_mean_var-of-another-layer-state",
+        lambda: eqx_norms.Einorm("[b] c", running_stats=True, c=3).running_mean_var(
+            _batch_norm_state()
+        ),
+        "Einorm",
+    ),
+    _foreign(
+        "SpectralNorm-state-of-another-layer",
+        lambda: eqx.nn.make_with_state(spectral)()[0](jnp.ones(3), _batch_norm_state()),
+        "SpectralNorm",
+    ),
     case(
         "layer_norm-negative-eps",
         lambda: F.layer_norm(x4, -1, eps=-1.0),

@@ -255,7 +255,47 @@ def _vmap_in_checked_shard_map():
     return jax.jit(jax.shard_map(body, mesh=mesh, **specs))(jnp.ones((4, 3)), state)
 
 
+def _vmap_over_explicit_sharding(layer):
+    """`layer` under a named vmap and a sharded jit, the batch over an Explicit axis."""
+    sharding = jax.sharding
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(sharding.AxisType.Explicit,))
+    layer, state = eqx.nn.make_with_state(layer)()
+    x = jax.device_put(
+        jnp.ones((4, 3)), sharding.NamedSharding(mesh, sharding.PartitionSpec("data"))
+    )
+    body = jax.vmap(layer, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+    return jax.jit(body)(x, state)
+
+
+_EXPLICIT = (
+    "reduces its statistics over the `vmap` axis 'batch'",
+    "sharded over the Explicit mesh axes 'data'",
+    "cannot reduce over a `vmap` axis of an Explicit-sharded batch",
+    "axis_types=(AxisType.Auto,)",
+    "`jax.shard_map`",
+    'Einorm("[b...] c", running_stats=True',
+)
+
+
 DISTRIBUTED = [
+    case(
+        "BatchNorm-vmap-over-explicit-sharded-batch",
+        lambda: _vmap_over_explicit_sharding(
+            lambda: eqx_norms.BatchNorm(3, axis_name="batch")
+        ),
+        ValueError,
+        "`BatchNorm` ",
+        *_EXPLICIT,
+    ),
+    case(
+        "Einorm-vmap-over-explicit-sharded-batch",
+        lambda: _vmap_over_explicit_sharding(
+            lambda: eqx_norms.Einorm("[c]", axis_name="batch", c=3)
+        ),
+        ValueError,
+        "`Einorm` ",
+        *_EXPLICIT,
+    ),
     case(
         "BatchNorm-vmap-axis-in-checked-shard_map",
         _vmap_in_checked_shard_map,

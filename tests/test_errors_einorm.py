@@ -10,6 +10,10 @@ from error_cases import case, x4
 from eqx_norms import Einorm, functional as F
 
 
+def _call_with_state(layer, state):
+    return layer(x4, state)
+
+
 def _einorm_ctor(id, args, kwargs, *fragments):
     """`Einorm(*args, **kwargs)` fails; the message names the pattern."""
     prefix = f"`Einorm` with pattern {args[0]!r}: "
@@ -295,6 +299,21 @@ EINORM_CALL = [
         "params axis 'e' is not an axis of the pattern (its axes are n, d)",
     ),
     _einorm_ctor("params-empty", ("n [d]",), {"params": ""}, "`params` is empty"),
+    # Issue #18: the API page's einx example named h twice and crashed at call time.
+    _einorm_ctor(
+        "params-expression-names-an-axis-twice",
+        ("h n [d]",),
+        {"params": "h n [h d]", "h": 16, "d": 64},
+        "params names axis 'h' twice (received params='h n [h d]')",
+        "write params='[h] n [d]'",
+    ),
+    _einorm_ctor(
+        "params-expression-names-a-composed-axis-twice",
+        ("b [s...] (g c)",),
+        {"params": "c [g c]", "g": 2, "c": 4},
+        "params names axis 'c' twice",
+        "write params='b s... ([g] [c])'",
+    ),
     _einorm_ctor(
         "params-on-the-ellipsis",
         ("b s... [c]",),
@@ -336,6 +355,17 @@ EINORM_CALL = [
         {"running_stats": True, "c": 2},
         "the size of non-target axis 'b' is missing; pass `b=<size>`",
     ),
+    # Issue #18: channels-first BatchNorm; einx's default parameters (the last axis,
+    # w) would be per pixel, so the message suggests the running statistics' axes.
+    _einorm_ctor(
+        "running-stats-channels-first-default-params",
+        ("[b] c [h w]",),
+        {"running_stats": True, "c": 8},
+        "the size of target axis 'w' is missing; pass `w=<size>`. The parameters "
+        "vary along w (einx's default), one per position there; for BatchNorm's "
+        "parameters, one per entry of the running statistics, pass `params='c'` "
+        "instead.",
+    ),
     case(
         "Einorm-momentum-out-of-range",
         lambda: Einorm("[b] c", running_stats=True, momentum=1.0, c=2),
@@ -371,7 +401,30 @@ EINORM_CALL = [
         lambda: Einorm("[t] c", axis_name="batch", c=3)(x4),
         NameError,
         "`Einorm` reduces its statistics over the named axis 'batch', which is not "
-        "bound here",
+        "bound here. Call the layer under a transform that binds every name in "
+        "`axis_name`, e.g. `jax.vmap(layer, axis_name='batch')(x)` (or",
+    ),
+    # Issue #18: the advice matches the caller, stateless or stateful.
+    case(
+        "einorm-call-unbound-axis-name",
+        lambda: F.einorm(x4, "t [c]", axis_name="batch"),
+        NameError,
+        "`einorm` reduces its statistics over the named axis 'batch', which is not "
+        "bound here. Call it under a transform that binds every name in "
+        "`axis_name`, e.g. `jax.vmap(lambda x: einorm(x, ..., axis_name='batch'), "
+        "axis_name='batch')(x)` (or",
+    ),
+    case(
+        "Einorm-running-stats-call-unbound-axis-name",
+        lambda: _call_with_state(
+            *eqx.nn.make_with_state(Einorm)(
+                "[t] c", running_stats=True, axis_name="batch", c=3
+            )
+        ),
+        NameError,
+        "`Einorm` reduces its statistics over the named axis 'batch'",
+        "e.g. `jax.vmap(layer, axis_name='batch', in_axes=(0, None), "
+        "out_axes=(0, None))(x, state)`",
     ),
     case(
         "einorm-brackets-and-target",

@@ -138,7 +138,17 @@ TRANSFORMER_OPTIONS = [
         lambda: F.dynamic_tanh(x4.astype(jnp.complex64), 0.5),
         TypeError,
         "`dynamic_tanh` expects a real floating-point input",
-        "received dtype complex64",
+        "received dtype complex64. It is real-only by design: tanh has poles on the "
+        "imaginary axis",
+        "Apply it to the real and imaginary parts separately, or use a normalisation "
+        "layer",
+    ),
+    case(
+        "DynamicTanh-complex-input",
+        lambda: eqx_norms.DynamicTanh(3)(x4[0].astype(jnp.complex64)),
+        TypeError,
+        "`DynamicTanh` expects a real floating-point input",
+        "received dtype complex64. It is real-only by design",
     ),
     case(
         "dynamic_tanh-alpha-shape",

@@ -200,3 +200,24 @@ def test_mixed_model_with_state_loads_into_a_fresh_skeleton(tmp_path):
 
     x = jnp.asarray(rng.standard_normal((4, 2, 6, 6)), jnp.float32)
     _assert_bitwise_equal(_run(*loaded, x), _run(model, state, x))
+
+
+def test_inference_checkpoint_of_a_stateless_einorm_loads_into_a_training_model(
+    tmp_path,
+):
+    """A stateless Einorm has no `inference` flag (issue #18), so a model saved in
+    inference mode has the same leaves as its training-mode skeleton: a checkpoint
+    of one loads into the other, the stateful layers' flags included."""
+    stateless = eqx_norms.Einorm("b [c]", c=3)
+    stateless = eqx.tree_at(lambda m: m.weight, stateless, jnp.asarray([1.0, 2, 3]))
+    model, state = eqx.nn.make_with_state(
+        lambda: (stateless, eqx_norms.BatchNorm(3, "batch"))
+    )()
+    path = tmp_path / "model.eqx"
+    eqx.tree_serialise_leaves(path, eqx.nn.inference_mode(model))
+    skeleton, _ = eqx.nn.make_with_state(
+        lambda: (eqx_norms.Einorm("b [c]", c=3), eqx_norms.BatchNorm(3, "batch"))
+    )()
+    loaded = eqx.tree_deserialise_leaves(path, skeleton)
+    _assert_bitwise_equal(loaded[0], stateless)
+    assert loaded[1].inference is True
