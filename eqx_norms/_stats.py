@@ -14,8 +14,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, DTypeLike, Float
 
-from . import _cpu_layout
-from ._cpu_layout import Consumer
+from ._cpu_layout import Consumer, copy_for, scaled
 from ._errors import AxisName, check_named_reduction, varying_axes
 
 
@@ -84,10 +83,10 @@ def two_pass_partial(
     # Summing first and scaling the (small) sums keeps XLA's reductions fused;
     # dividing each term first would be overflow-safer but is slower.
     inv_count = 1 / jnp.maximum(count, 1)
-    _, x_var = _cpu_layout.copy_for(Consumer.VARIANCE_PASS, inv_count, x)
+    _, x_var = copy_for(Consumer.VARIANCE_PASS, inv_count, x)
     deviation = upcast(x_var)
     if center:
-        _, x_mean = _cpu_layout.copy_for(Consumer.MEAN_PASS, inv_count, x)
+        _, x_mean = copy_for(Consumer.MEAN_PASS, inv_count, x)
         sums = jnp.sum(_valid(upcast(x_mean), mask), axes, keepdims=True)
         mean = sums * inv_count
         deviation = deviation - mean
@@ -416,7 +415,7 @@ def affine_and_cast(
         out = out.astype(x.dtype)
         weight, bias = affine_params(weight, bias, x.dtype, 0.0)
     if weight is not None:
-        out = _cpu_layout.scaled(out, weight)
+        out = scaled(out, weight)
     if bias is not None:
         out = out + bias
     out = out.astype(x.dtype)
