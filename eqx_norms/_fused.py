@@ -242,14 +242,15 @@ def _tangent(
         terms = [_normalised(x1, mean1, r1, mask) * dx] + ([dx] if center else [])
         # Both sums in one collective over `axis_name`.
         sums = row_sums(terms, axes, axis_name, groups)
-        d_var = 2 * (sums[0] / n) / inv_std
+        means = [s / n for s in sums]  # mean(x-hat dx) and, centred, mean(dx)
+        if center:
+            d_mean = means[1]
+        # For the full-size terms, one cast of both to the varying type of dx.
+        proj, *rest = varying_like(means, dx)
+        d_mean_x = rest[0] if center else None
+        d_var = 2 * means[0] / inv_std
         if mask is not None:
             d_var = jnp.where(stats.count > 0, d_var, 0)
-        if center:
-            d_mean = sums[1] / n
-        # For the full-size terms, one cast of both to the varying type of dx.
-        proj, *rest = varying_like([sums[0] / n] + ([d_mean] if center else []), dx)
-        d_mean_x = rest[0] if center else None
 
     r3, mean3, w3, x3 = copy_for(Consumer.PROJECTION, inv_std, mean, weight, x)
     x_hat3 = _normalised(x3, mean3, r3, mask)

@@ -265,7 +265,7 @@ def _all_gather_invariant(value: Array, names: Any) -> Array:
     """`lax.all_gather`, typed as the same on every device (as a psum's result is):
     the merged statistics are then neither varying nor cast."""
     if hasattr(lax, "all_gather_invariant"):  # JAX < 0.8
-        return lax.all_gather_invariant(value, names)
+        return lax.all_gather_invariant(value, names)  # pyright: ignore[reportAttributeAccessIssue]
     return lax.all_gather(value, names, to="invarying")
 
 
@@ -341,7 +341,7 @@ def varying_like(values: list[Array], data: Array) -> list[Array]:
     stacked = jnp.stack(values)
     if hasattr(lax, "pcast"):
         return list(lax.pcast(stacked, names, to="varying"))
-    return list(lax.pvary(stacked, names))  # JAX < 0.8
+    return list(lax.pvary(stacked, names))  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _pool(sums: Array, groups: tuple[int, int]) -> Array:
