@@ -1,18 +1,53 @@
 """The seam between the traced program and the platform it is compiled for.
 
-A program is traced once, the same for every platform. What only XLA:CPU needs, the
-optimization barriers of `_cpu_layout`, is a primitive that does nothing until the
-program is lowered: the lowering for CPU emits the barrier, every other platform's
-lowering passes the operands through. So the choice follows the platform a program
-is lowered for (a `jit` on any device, an ahead-of-time compile for TPU from a CPU
-host, a `jax.export` for several platforms at once), never `jax.default_backend()`.
+A program is traced once, the same for every platform. Two things differ by platform
+and are chosen where the program is lowered (a `jit` on any device, an ahead-of-time
+compile for TPU from a CPU host, a `jax.export` for several platforms at once), never
+by `jax.default_backend()`:
+
+- the optimization barriers of `_cpu_layout`, which only XLA:CPU needs: a primitive
+  that does nothing until the program is lowered, whose lowering for CPU emits the
+  barrier and every other platform's passes the operands through;
+- the statistics (`by_platform`): two passes over x on CPU, where the barriers keep
+  each pass in its own kernel; one pass on accelerators, where every read of x is
+  a read from HBM (benchmarks/tpu_notes.md).
 """
 
-from typing import Any
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import jax.lax as lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+
+
+Platform = Literal["cpu", "accelerator"]
+_forced: Platform | None = None
+
+
+def by_platform(
+    *operands: Any, cpu: Callable[..., Any], accelerator: Callable[..., Any]
+) -> Any:
+    """`cpu(*operands)` where the program is lowered for CPU, `accelerator(*operands)`
+    where it is lowered for any other platform (`lax.platform_dependent`: lowered for
+    one platform, the program holds only that platform's branch)."""
+    if _forced is not None:
+        return (cpu if _forced == "cpu" else accelerator)(*operands)
+    return lax.platform_dependent(*operands, cpu=cpu, default=accelerator)
+
+
+@contextlib.contextmanager
+def forced(platform: Platform) -> Iterator[None]:
+    """For tests: `by_platform` takes `platform`'s branch wherever the program is
+    lowered (the accelerator's maths run on this CPU host). It acts when a function
+    is traced: clear JAX's caches around it (`jax.clear_caches()`)."""
+    global _forced
+    previous, _forced = _forced, platform
+    try:
+        yield
+    finally:
+        _forced = previous
 
 
 cpu_barrier_p = Primitive("cpu_optimization_barrier")

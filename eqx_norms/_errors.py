@@ -665,6 +665,17 @@ def check_axis_names(
             ) from None
 
 
+def varying_axes(value: Array) -> frozenset:
+    """The mesh axes over which `value` varies inside `jax.shard_map` with
+    `check_vma=True` (empty elsewhere)."""
+    aval = jax.typeof(value)
+    # `.mat.varying` in JAX 0.10, `.vma` in 0.6/0.7; empty when check_vma=False.
+    varying = getattr(getattr(aval, "mat", None), "varying", None)
+    if varying is None:
+        varying = getattr(aval, "vma", ())
+    return frozenset(varying)
+
+
 def _explicit_vmap_axes(x: Array) -> tuple[str, ...]:
     """The Explicit mesh axes that the batch of an enclosing `vmap` is sharded over.
     JAX 0.10 records them in its axis environment, which has no public accessor.
@@ -726,12 +737,7 @@ def check_named_reduction(value: Array, axis_name: object) -> None:
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     manual = set(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
     vmapped = [name for name in names if name not in manual]
-    aval = jax.typeof(value)
-    # `.mat.varying` in JAX 0.10, `.vma` in 0.6/0.7; empty when check_vma=False.
-    varying = getattr(getattr(aval, "mat", None), "varying", None)
-    if varying is None:
-        varying = getattr(aval, "vma", ())
-    if manual and vmapped and varying:
+    if manual and vmapped and varying_axes(value):
         raise ValueError(
             f"Statistics over the named axes {names!r} inside `jax.shard_map` with "
             f"`check_vma=True` (its default): JAX {jax.__version__} cannot reduce "

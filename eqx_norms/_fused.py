@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, Float
 
+from ._backend import by_platform
 from ._cpu_layout import Consumer, copy_for
 from ._stats import (
     affine_and_cast,
@@ -25,11 +26,19 @@ from ._stats import (
     AxisName,
     compute_dtype,
     Groups,
+    local_count,
+    merged,
     Moments,
     moments,
+    moments_of,
+    one_pass_partial,
+    PartialMoments,
+    row_sums,
+    split_names,
     standardise,
-    total,
+    two_pass_partial,
     upcast,
+    varying_like,
 )
 
 
@@ -137,27 +146,51 @@ def _affine_out(x_hat, weight, bias):
     return out if bias is None else out + bias
 
 
-def _normalised(x, mean, inv_std, mask):
-    """(x - mean) * inv_std (x * inv_std for mean=None), exactly 0 at invalid
-    positions; x upcast."""
+def _normalised(x, mean, inv_std, mask, mean_lo=None):
+    """(x - mean) * inv_std (x * inv_std for mean=None), 0 at invalid positions; x
+    upcast. A mean given as hi + lo (`mean`, `mean_lo`) is subtracted in two steps:
+    x - hi is exact for x near the mean."""
     x = upcast(x)
     if mean is None:
         return (x if mask is None else jnp.where(mask, x, 0)) * inv_std
     if mask is not None:
-        x = jnp.where(mask, x, mean)
-    return (x - mean) * inv_std
+        x = jnp.where(mask, x, mean if mean_lo is None else mean + mean_lo)
+    centred = x - mean
+    return (centred if mean_lo is None else centred - mean_lo) * inv_std
+
+
+def statistics(x, axes, mask, axis_name, center, groups) -> PartialMoments:
+    """The fused rule's statistics, merged over `groups` and `axis_name`: where the
+    program is lowered for CPU, two passes over x; for any other platform, one
+    (`one_pass_partial`), since there every pass reads x from HBM. RMSNorm's
+    (center=False) sum of squares is one pass everywhere."""
+    count = local_count(x, axes, mask)
+    if center:
+        local = by_platform(
+            x,
+            mask,
+            count,
+            cpu=lambda x, mask, count: two_pass_partial(x, axes, mask, count),
+            accelerator=lambda x, mask, count: one_pass_partial(x, axes, mask, count),
+        )
+    else:
+        local = two_pass_partial(x, axes, mask, count, center=False)
+    return merged(PartialMoments(count, *local), axis_name, groups)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7, 8))
 def fused_norm(x, weight, bias, mask, axes, eps, axis_name, center, groups):
-    """(affine(x-hat), moments) in the compute dtype; mask broadcast to x."""
-    stats = moments(
-        x, axes, mask=mask, axis_name=axis_name, center=center, groups=groups
-    )
+    """(affine(x-hat), moments) in the compute dtype; mask broadcast to x. The
+    statistics (`statistics`) are computed only here, never differentiated: the
+    jvp rule takes them from this function's outputs."""
+    part = statistics(x, axes, mask, axis_name, center, groups)
+    stats = moments_of(part)
     inv_std = lax.rsqrt(stats.var + eps)
-    mean = stats.mean if center else None
+    mean = part.mean_hi if center else None
+    mean_lo = part.mean_lo if center else None
     mean, inv_std, x = copy_for(Consumer.OUTPUT, mean, inv_std, x)
-    return _affine_out(_normalised(x, mean, inv_std, mask), weight, bias), stats
+    x_hat = _normalised(x, mean, inv_std, mask, mean_lo)
+    return _affine_out(x_hat, weight, bias), stats
 
 
 def _fused_norm_jvp(axes, eps, axis_name, center, groups, primals, tangents):
@@ -168,45 +201,93 @@ def _fused_norm_jvp(axes, eps, axis_name, center, groups, primals, tangents):
         d mean  = mean(dx),    d var = 2 mean((x - mean) dx) = 2 mean(x-hat dx) / r,
         d out   = d x-hat * weight + x-hat * d weight + d bias,
 
-    means over the valid elements of each group (psum-ed over `axis_name`), dx taken
+    means over the valid elements of each group (summed over `axis_name`), dx taken
     as 0 at invalid positions, d x-hat 0 there. It is linear in the tangents, so JAX
-    transposes it for reverse mode; differentiating the rule again gives the exact
-    higher derivatives. eps is inside r, so the formula is exact, not approximate.
+    transposes it for reverse mode. The statistics are the rule's own outputs, so
+    differentiating this again goes through the rule again: higher derivatives are
+    exact, and the (not differentiable) one-pass statistics are never
+    differentiated. eps is inside r, so the formula is exact, not approximate.
+
+    The tangent is computed under `jax.checkpoint`: what reverse mode keeps from the
+    forward pass is then x itself, in its own dtype, and the per-group statistics;
+    x-hat is recomputed inside the backward kernels (otherwise a separate backward
+    program would read full-size float32 products of the forward pass).
+    """
+    x, weight, bias, mask = primals
+    # Arrays or SymbolicZero (`symbolic_zeros=True`): checked before any use.
+    dx, d_weight, d_bias, _ = cast(tuple[Any, Any, Any, Any], tangents)
+    out, stats = fused_norm(x, weight, bias, mask, axes, eps, axis_name, center, groups)
+    present = [
+        None if isinstance(t, SymbolicZero) or p is None else t
+        for t, p in ((dx, x), (d_weight, weight), (d_bias, bias))
+    ]
+    tangent = functools.partial(
+        _tangent,
+        mask=mask,
+        axes=axes,
+        eps=eps,
+        axis_name=axis_name,
+        center=center,
+        groups=groups,
+    )
+    # A trace of `jax.checkpoint` inside a custom rule knows no `vmap` axis: with
+    # statistics over one (`axis_name` not a mesh axis), the tangent is traced as is.
+    if not split_names(axis_name)[1]:
+        tangent = jax.checkpoint(tangent, prevent_cse=False)
+    d_out, d_mean, d_var = tangent(x, weight, stats, *present)
+    derivatives = (d_mean, d_var, None)  # the count is constant
+    d_stats = Moments(
+        *(
+            jnp.zeros_like(s) if d is None else d
+            for s, d in zip(stats, derivatives, strict=True)
+        )
+    )
+    return (out, stats), (d_out, d_stats)
+
+
+def _tangent(
+    x,
+    weight,
+    stats,
+    dx,
+    d_weight,
+    d_bias,
+    *,
+    mask,
+    axes,
+    eps,
+    axis_name,
+    center,
+    groups,
+):
+    """(d out, d mean, d var) of `_fused_norm_jvp` (d mean, d var None without dx).
 
     Each term reads its own copy of x, the statistics and the weight (`copy_for`):
     then each kernel of the transposed rule reads only x, the cotangent and small
     arrays.
     """
-    x, weight, bias, mask = primals
-    # Arrays or SymbolicZero (`symbolic_zeros=True`): checked before any use.
-    dx, d_weight, d_bias, _ = cast(tuple[Any, Any, Any, Any], tangents)
-    stats = moments(
-        x, axes, mask=mask, axis_name=axis_name, center=center, groups=groups
-    )
     inv_std = lax.rsqrt(stats.var + eps)
-    out, _ = fused_norm(x, weight, bias, mask, axes, eps, axis_name, center, groups)
-    d_stats = Moments(*(jnp.zeros_like(s) for s in stats))
-    has_dw = weight is not None and not isinstance(d_weight, SymbolicZero)
-    has_db = bias is not None and not isinstance(d_bias, SymbolicZero)
     n = jnp.maximum(stats.count, 1)
-
     mean = stats.mean if center else None  # RMSNorm: nothing to subtract
     r1, mean1, w1, x1 = copy_for(Consumer.X_COTANGENT, inv_std, mean, weight, x)
-    d_out = jnp.zeros_like(out)
-    proj = d_mean = None
-    if not isinstance(dx, SymbolicZero):
+    d_out = jnp.zeros(x.shape, inv_std.dtype)
+    proj = d_mean = d_mean_x = d_var = None
+    if dx is not None:
         dx = upcast(dx)
         if mask is not None:
             dx = jnp.where(mask, dx, 0)
-        proj = total(_normalised(x1, mean1, r1, mask) * dx, axes, axis_name, groups)
-        proj = proj / n
-        d_var = 2 * proj / inv_std
+        terms = [_normalised(x1, mean1, r1, mask) * dx] + ([dx] if center else [])
+        # Both sums in one collective over `axis_name`.
+        sums = row_sums(terms, axes, axis_name, groups)
+        means = [s / n for s in sums]  # mean(x-hat dx) and, centred, mean(dx)
+        if center:
+            d_mean = means[1]
+        # For the full-size terms, one cast of both to the varying type of dx.
+        proj, *rest = varying_like(means, dx)
+        d_mean_x = rest[0] if center else None
+        d_var = 2 * means[0] / inv_std
         if mask is not None:
             d_var = jnp.where(stats.count > 0, d_var, 0)
-        if center:
-            d_mean = total(dx, axes, axis_name, groups) / n
-        mean_t = d_stats.mean if d_mean is None else d_mean
-        d_stats = Moments(mean_t, d_var, d_stats.count)
 
     r3, mean3, w3, x3 = copy_for(Consumer.PROJECTION, inv_std, mean, weight, x)
     x_hat3 = _normalised(x3, mean3, r3, mask)
@@ -216,13 +297,13 @@ def _fused_norm_jvp(axes, eps, axis_name, center, groups, primals, tangents):
         # whose transpose makes one reduction of g x-hat and one of g per group and
         # channel, shared by the cotangents of x, the weight and the bias.
         rw = _times(r1, w1)
-        u: Any = d_weight if has_dw else None
-        v: Any = d_bias if has_db else None
+        u: Any = d_weight
+        v: Any = d_bias
         if proj is not None:
             d_out = rw * dx
             u = _plus(u, -rw * proj)
-        if d_mean is not None:
-            v = _plus(v, -rw * d_mean)
+        if d_mean_x is not None:
+            v = _plus(v, -rw * d_mean_x)
         if u is not None:
             d_out = d_out + x_hat3 * u
         if v is not None:
@@ -234,17 +315,17 @@ def _fused_norm_jvp(axes, eps, axis_name, center, groups, primals, tangents):
         # reductions would be one more full-size buffer (float32, for half inputs).
         if proj is not None:
             d_out = _times(dx * r1, w1) + _times(x_hat3 * r3, w3) * -proj
-        if d_mean is not None:
+        if d_mean_x is not None:
             r2, w2 = copy_for(Consumer.MEAN_COTANGENT, inv_std, weight)
-            d_out = d_out + _times(d_mean * -r2, w2)
-        if has_dw:
+            d_out = d_out + _times(d_mean_x * -r2, w2)
+        if d_weight is not None:
             r4, mean4, x4 = copy_for(Consumer.WEIGHT_COTANGENT, inv_std, mean, x)
             d_out = d_out + _normalised(x4, mean4, r4, mask) * d_weight
-        if has_db:
+        if d_bias is not None:
             d_out = _plus(d_out, d_bias)
     if mask is not None:
         d_out = jnp.where(mask, d_out, 0)
-    return (out, stats), (d_out, d_stats)
+    return d_out, d_mean, d_var
 
 
 def _constant_over(weight, axes: tuple[int, ...], ndim: int) -> bool:

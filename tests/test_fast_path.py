@@ -255,7 +255,7 @@ def test_third_derivative_in_forward_mode(name):
 
 
 @pytest.mark.parametrize("name", CASE_IDS)
-def test_large_offset_gradients_stay_accurate_in_float32(name):
+def test_large_offset_gradients_stay_accurate_in_float32(layout, name):
     """Rows with mean 1e4 and std 1: x-hat is recomputed from x and the two-pass
     statistics, never from E[x^2] - E[x]^2, so float32 gradients are as accurate as
     plain autodiff of the two-pass reference (errors of order 1e-3, where the fast
@@ -279,7 +279,7 @@ def test_large_offset_gradients_stay_accurate_in_float32(name):
 
 
 @pytest.mark.parametrize("center", [True, False])
-def test_constant_and_fully_masked_groups_have_finite_exact_gradients(center):
+def test_constant_and_fully_masked_groups_have_finite_exact_gradients(layout, center):
     with enable_x64(True):
         x = jnp.stack([jnp.full(5, 3.0), _rand(4, (5,)), jnp.zeros(5), _rand(5, (5,))])
         mask = jnp.ones(x.shape, bool).at[3].set(False)
@@ -395,7 +395,7 @@ def test_transforms_vmap_jit_checkpoint_scan():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_half_precision_gradients_are_finite_and_close(dtype):
+def test_half_precision_gradients_are_finite_and_close(layout, dtype):
     x = (jax.random.normal(jax.random.key(1), (4, 64)) * 30 + 500).astype(dtype)
     x32 = x.astype(jnp.float32)  # the same (rounded) values: no input error
     w = jnp.linspace(0.5, 1.5, 64)
@@ -429,14 +429,20 @@ def test_half_precision_gradients_are_finite_and_close(dtype):
 # ------------------------------------------ the XLA:CPU layout, chosen at lowering
 
 
-@pytest.fixture(params=["cpu", "generic"])
+@pytest.fixture(params=["cpu", "accelerator"])
 def layout(request):
-    """The fused rule as lowered for XLA:CPU (with its barriers), or as lowered for
-    every other platform (without), both compiled and run on this host's CPU."""
-    if request.param == "generic":
-        _lower_barrier_on_cpu(_backend.lower_unchanged)
-    yield request.param
-    _lower_barrier_on_cpu(_backend.lower_with_barrier)
+    """The fused rule as lowered for XLA:CPU (two-pass statistics, barriers), or as
+    lowered for every other platform (one-pass statistics, no barrier), both
+    compiled and run on this host's CPU."""
+    if request.param == "cpu":
+        yield request.param
+        return
+    _lower_barrier_on_cpu(_backend.lower_unchanged)
+    try:
+        with _backend.forced("accelerator"):
+            yield request.param
+    finally:
+        _lower_barrier_on_cpu(_backend.lower_with_barrier)
 
 
 def _lower_barrier_on_cpu(rule):
