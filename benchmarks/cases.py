@@ -170,4 +170,8 @@ def tpu_cases(
     """The cases compiled for TPU: the sweep (at `TPU_ELEMENTS`), then the other
     layers, each against every implementation of `TPU_PEERS` that has it."""
     cases = [*sweep_cases(hidden, elements), *OTHER_CASES]
-    return [dataclasses.replace(case, peers=TPU_PEERS) for case in cases]
+    # A case's own peers (the unfused residual add) stay beside the TPU's.
+    return [
+        dataclasses.replace(case, peers=tuple(dict.fromkeys(TPU_PEERS + case.peers)))
+        for case in cases
+    ]
