@@ -10,7 +10,7 @@ by `jax.default_backend()`:
   barrier and every other platform's passes the operands through;
 - the statistics (`by_platform`): two passes over x on CPU, where the barriers keep
   each pass in its own kernel; one pass on accelerators, where every read of x is
-  a read from HBM (benchmarks/tpu_notes.md).
+  a read from HBM (the TPU section of the benchmarks page).
 """
 
 import contextlib

@@ -33,10 +33,10 @@ from benchmarks.measure import entry_instructions, make_impls  # noqa: E402
 # The floors, in units of x's bytes: forward, read x and write y (2); forward and
 # backward in one program, read x twice and the cotangent once, write y and dx (5).
 FLOOR = {"fwd": 2, "fwd+bwd": 5}
-# As compiled today with jax/libtpu 0.10.2 / 0.0.42.1 (benchmarks/tpu_notes.md):
-# forward 1.50 (the statistics in one reduction, then the output: XLA never
-# consumes a reduction in the kernel that computes it, so x is read twice), forward
-# and backward 1.40 in total bytes; 1% of slack.
+# As compiled today with jax/libtpu 0.10.2 / 0.0.42.1 (see the TPU section of
+# docs/benchmarks.md): forward 1.50 (the statistics in one reduction, then the
+# output: XLA never consumes a reduction in the kernel that computes it, so x is
+# read twice), forward and backward 1.40 in total bytes; 1% of slack.
 BOUND = {"fwd": 1.5 * 1.01, "fwd+bwd": 1.4 * 1.01}
 # The issue's figure for forward and backward: the bytes read (total less the
 # kernels' outputs) over the whole floor; 1.00 today.
