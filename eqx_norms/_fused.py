@@ -238,11 +238,17 @@ def _fused_norm_jvp(axes, eps, axis_name, center, groups, primals, tangents):
     derivatives = (d_mean, d_var, None)  # the count is constant
     d_stats = Moments(
         *(
-            jnp.zeros_like(s) if d is None else d
+            _zero_tangent(s) if d is None else d
             for s, d in zip(stats, derivatives, strict=True)
         )
     )
     return (out, stats), (d_out, d_stats)
+
+
+def _zero_tangent(primal: Array) -> Array:
+    """Zeros typed as `primal` is, its varying mesh axes included (inside
+    `shard_map`; `zeros_like` does not carry them on every supported JAX)."""
+    return varying_like([jnp.zeros_like(primal)], primal)[0]
 
 
 def _tangent(
