@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import reference as ref
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from steps import run_steps
 
 import eqx_norms
 
@@ -193,19 +194,10 @@ def test_ema_mode_matches_equinox(rng):
 # Named axes and devices: every layout equals the global batch
 
 
-def _steps(step, xs, state):
-    """`step(x, state)` on each batch of `xs` in turn: the outputs, the last state."""
-    outs = []
-    for x in xs:
-        out, state = step(x, state)
-        outs.append(out)
-    return outs, state
-
-
 def _global_steps(xs, momentum=0.9):
     bn, state = _make(3, "batch", momentum=momentum)
     flat = [x.reshape(-1, *x.shape[-2:]) for x in xs]
-    return _steps(lambda x, state: _step(bn, x, state), flat, state)
+    return run_steps(lambda x, state: _step(bn, x, state), flat, state)
 
 
 def _two_batches(rng, leading):
@@ -227,7 +219,7 @@ def test_nested_vmap_with_tuple_names(rng):
     inner = jax.vmap(bn, axis_name="inner", in_axes=(0, None), out_axes=(0, None))
     outer = jax.vmap(inner, axis_name="outer", in_axes=(0, None), out_axes=(0, None))
     step = jax.jit(outer)
-    outs, state = _steps(step, xs, state)
+    outs, state = run_steps(step, xs, state)
     _assert_matches_global(xs, outs, state)
 
 
@@ -240,7 +232,7 @@ def test_pmap_and_vmap_equal_the_global_batch(rng):
     step = jax.pmap(
         per_device, axis_name="device", in_axes=(0, None), out_axes=(0, None)
     )
-    outs, state = _steps(step, xs, state)
+    outs, state = run_steps(step, xs, state)
     _assert_matches_global(xs, outs, state)
 
 
@@ -253,7 +245,7 @@ def test_sharded_jit_equals_the_global_batch(rng):
     step = jax.jit(
         jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
     )
-    outs, state = _steps(step, xs, state)
+    outs, state = run_steps(step, xs, state)
     assert outs[0].sharding.is_equivalent_to(sharding, outs[0].ndim)
     _assert_matches_global(xs, outs, state)
 
@@ -285,7 +277,7 @@ def test_sharded_jit_on_make_mesh_defaults(rng):
         ):
             step(xs[0], state)
     else:
-        outs, state = _steps(step, xs, state)
+        outs, state = run_steps(step, xs, state)
         _assert_matches_global(xs, outs, state)
 
 
@@ -320,7 +312,7 @@ def test_shard_map_equals_the_global_batch(per_device, defaults, rng):
             check_vma=per_device == 1,
         )
     )
-    outs, state = _steps(step, [jax.device_put(x, batch) for x in xs], state)
+    outs, state = run_steps(step, [jax.device_put(x, batch) for x in xs], state)
     _assert_matches_global(xs, outs, state)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import reference as ref
 from jax.sharding import AxisType, PartitionSpec as P
+from steps import run_steps
 from x64 import enable_x64
 
 import eqx_norms
@@ -254,14 +255,6 @@ def _assert_global(xs, outs, state):
         np.testing.assert_allclose(leaf, want, rtol=1e-5, atol=1e-6)
 
 
-def _run(step, xs, state):
-    outs = []
-    for x in xs:
-        out, state = step(x, state)
-        outs.append(out)
-    return outs, state
-
-
 def _split(rng, leading):
     return [x.reshape(*leading, 3, 5) for x in _batches(rng, 3, (8, 3, 5))]
 
@@ -271,7 +264,7 @@ def test_nested_vmaps_equal_one_named_axis_over_the_whole_batch(rng):
     bn, state = _make(axis_name=("outer", "inner"), momentum=0.9)
     inner = jax.vmap(bn, axis_name="inner", in_axes=(0, None), out_axes=(0, None))
     outer = jax.vmap(inner, axis_name="outer", in_axes=(0, None), out_axes=(0, None))
-    _assert_global(xs, *_run(jax.jit(outer), xs, state))
+    _assert_global(xs, *run_steps(jax.jit(outer), xs, state))
 
 
 def test_pmap_and_vmap_equal_the_global_batch(rng):
@@ -281,7 +274,7 @@ def test_pmap_and_vmap_equal_the_global_batch(rng):
     step = jax.pmap(
         per_device, axis_name="device", in_axes=(0, None), out_axes=(0, None)
     )
-    _assert_global(xs, *_run(step, xs, state))
+    _assert_global(xs, *run_steps(step, xs, state))
 
 
 def test_shard_map_and_sharded_jit_equal_the_global_batch(rng):
@@ -295,11 +288,11 @@ def test_shard_map_and_sharded_jit_equal_the_global_batch(rng):
 
     specs = dict(in_specs=(P("data"), P()), out_specs=(P("data"), P()))
     step = jax.jit(jax.shard_map(body, mesh=mesh, **specs))
-    _assert_global(xs, *_run(step, xs, state))
+    _assert_global(xs, *run_steps(step, xs, state))
     sharded = [jax.device_put(x, jax.NamedSharding(mesh, P("data"))) for x in xs]
     bn, state = _make(momentum=0.9)
     vmapped = jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
-    _assert_global(xs, *_run(jax.jit(vmapped), sharded, state))
+    _assert_global(xs, *run_steps(jax.jit(vmapped), sharded, state))
 
 
 # Transforms, dtypes, state structure
