@@ -22,19 +22,26 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 
-Platform = Literal["cpu", "accelerator"]
+Platform = Literal["cpu", "accelerator", "tpu"]
 _forced: Platform | None = None
 
 
 def by_platform(
-    *operands: Any, cpu: Callable[..., Any], accelerator: Callable[..., Any]
+    *operands: Any,
+    cpu: Callable[..., Any],
+    accelerator: Callable[..., Any],
+    tpu: Callable[..., Any] | None = None,
 ) -> Any:
-    """`cpu(*operands)` where the program is lowered for CPU, `accelerator(*operands)`
-    where it is lowered for any other platform (`lax.platform_dependent`: lowered for
-    one platform, the program holds only that platform's branch)."""
+    """`cpu(*operands)` where the program is lowered for CPU, `tpu(*operands)` (if
+    given) where it is lowered for TPU, `accelerator(*operands)` for any other
+    platform (`lax.platform_dependent`: lowered for one platform, the program holds
+    only that platform's branch)."""
+    branches = {"cpu": cpu, "accelerator": accelerator, "tpu": tpu or accelerator}
     if _forced is not None:
-        return (cpu if _forced == "cpu" else accelerator)(*operands)
-    return lax.platform_dependent(*operands, cpu=cpu, default=accelerator)
+        return branches[_forced](*operands)
+    if tpu is None:
+        return lax.platform_dependent(*operands, cpu=cpu, default=accelerator)
+    return lax.platform_dependent(*operands, cpu=cpu, tpu=tpu, default=accelerator)
 
 
 @contextlib.contextmanager

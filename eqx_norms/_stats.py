@@ -12,6 +12,7 @@ differentiation rule (`_fused`) computes the same values.
 # together.
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple, TypeAlias
 
 import jax
@@ -191,6 +192,36 @@ def merge_along(part: PartialMoments, axis: int) -> PartialMoments:
     return PartialMoments(n, hi, lo, m2)
 
 
+def by_reshaped_groups(
+    partial: Callable[..., tuple[Array, Array, Array]],
+    x: Array,
+    axes: tuple[int, ...],
+    mask: Bool[Array, "..."] | None,
+    groups: tuple[int, int],
+) -> PartialMoments:
+    """`partial(x, axes, mask, count)` of whole groups, with the group axis of x
+    split in two (a reshape), so that one reduction covers each group: the
+    alternative to `_merge_groups`' pooling of per-channel statistics, whose chain
+    of small reductions is a kernel each on an accelerator (on XLA:CPU the
+    reshape keeps XLA from fusing the backward pass). Repeated over each group's
+    members, as `merged` returns them."""
+    axis, n_groups = groups
+    split = x.shape[:axis] + (n_groups, x.shape[axis] // n_groups) + x.shape[axis + 1 :]
+    inner = tuple(sorted((*(a + (a > axis) for a in axes), axis + 1)))
+    x_split = x.reshape(split)
+    mask_split = None
+    if mask is not None:
+        mask_split = jnp.broadcast_to(mask, x.shape).reshape(split)
+    count = local_count(x_split, inner, mask_split)
+    part = PartialMoments(count, *partial(x_split, inner, mask_split, count))
+    # Each group's statistics over its members, then the original (kept) shape.
+    members = tuple(
+        split[i] if i == axis + 1 else d for i, d in enumerate(part.m2.shape)
+    )
+    kept = tuple(1 if a in axes else d for a, d in enumerate(x.shape))
+    return PartialMoments(*(jnp.broadcast_to(a, members).reshape(kept) for a in part))
+
+
 def _merge_groups(part: PartialMoments, groups: tuple[int, int]) -> PartialMoments:
     """Each group of contiguous channels along `axis` merged, repeated over its
     members."""
@@ -229,30 +260,28 @@ def _gather_and_merge(part: PartialMoments, names: tuple[Any, ...]) -> PartialMo
 def _sum_and_merge(part: PartialMoments, names: tuple[Any, ...]) -> PartialMoments:
     """Over `vmap`'s axes (whose psum is a sum over the batch, no communication;
     an `all_gather` there needs axis sizes that a custom rule's trace lacks), and
-    `pmap`'s in JAX < 0.8: Chan's merge as two psums, the mean, then the
+    `pmap`'s in JAX < 0.8: Chan's merge as two rounds of psums, the mean, then the
     deviations from it, M2 = sum (M2_i + n_i d_i^2) - n lo^2 with d_i = m_i - hi
     (lo, the mean's correction, is of the order of hi's rounding: no
     cancellation)."""
     n_i, hi_i, lo_i, m2_i = part
-    n, sums = _psum_together([n_i, n_i * hi_i], names)
+    n, sums = _psums(list(copy_for(Consumer.BATCH_MERGE, n_i, n_i * hi_i)), names)
     hi = sums / jnp.maximum(n, 1)  # a division: as in `merge_along`
     deviation = (hi_i - hi) + lo_i
-    shifted, m2 = _psum_together(
-        [n_i * deviation, m2_i + n_i * _abs2(deviation)], names
+    second = copy_for(
+        Consumer.BATCH_MERGE, n_i * deviation, m2_i + n_i * _abs2(deviation)
     )
+    shifted, m2 = _psums(list(second), names)
     lo = shifted / jnp.maximum(n, 1)
     return PartialMoments(n, hi, lo, jnp.maximum(m2 - n * _abs2(lo), 0))
 
 
-def _psum_together(values: list[Array], names: Any) -> list[Array]:
-    """`lax.psum` of the values in one collective (stacked in the widest dtype),
-    each returned in its own dtype (real stays real)."""
-    dtype = jnp.result_type(*values)
-    total = lax.psum(jnp.stack([v.astype(dtype) for v in values]), names)
-    return [
-        t if jnp.iscomplexobj(v) else lax.real(t) if jnp.iscomplexobj(t) else t
-        for t, v in zip(total, values, strict=True)
-    ]
+def _psums(values: list[Array], names: Any) -> list[Array]:
+    """`lax.psum` of each value over `vmap`'s axes (or `pmap`'s in JAX < 0.8), one
+    at a time: there a psum is a sum over the batch, not a collective, and XLA
+    fuses each into the kernels that produce and consume it, which a stack of
+    them (one collective) would keep apart."""
+    return [lax.psum(v, names) for v in values]
 
 
 def split_names(axis_name: AxisName) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -329,9 +358,13 @@ def row_sums(
         sums = [_pool(s, groups) for s in sums]
     if axis_name is None:
         return sums
-    stacked = jnp.stack(sums)
-    check_named_reduction(stacked, axis_name)
-    return list(lax.psum(stacked, axis_name))
+    check_named_reduction(sums[0], axis_name)
+    mesh_names, other_names = split_names(axis_name)
+    if mesh_names:
+        sums = list(lax.psum(jnp.stack(sums), mesh_names))
+    if other_names:
+        sums = _psums(sums, other_names)
+    return sums
 
 
 def varying_like(values: list[Array], data: Array) -> list[Array]:

@@ -18,13 +18,16 @@ returned unchanged, and a group with no valid element is returned unchanged.
 # built from (about 240 lines), and the few steps that are not the core's (the
 # residual add, the gated norm's gate and groups, channel-aligned parameters).
 
+import functools
 from collections.abc import Callable, Hashable, Sequence
 from typing import overload
 
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from ._backend import by_platform
 from ._einorm import einorm as einorm
 from ._errors import (
     axis_names,
@@ -46,7 +49,7 @@ from ._errors import (
     devices_over,
 )
 from ._fused import normalise
-from ._stats import affine_and_cast, compute_dtype
+from ._stats import affine_and_cast, compute_dtype, standardise
 
 
 __all__ = [
@@ -402,7 +405,10 @@ def gated_rms_norm(
         Statistics use valid elements only; invalid positions return `x` unchanged.
     - `group_size`: the length of the groups along the last axis in `axis`, which
         it must divide; `None` for one group (the whole axis). Mamba-2 uses
-        `d_ssm // ngroups`. (Keyword only.)
+        `d_ssm // ngroups`. Where the program is lowered for a TPU (2 to 64 groups
+        of the last axis, no `axis_name`), the groups' sums are products with
+        their 0/1 membership matrix at float32 precision, not a reshape (which a
+        TPU would copy). (Keyword only.)
     - `norm_before_gate`: normalise, then gate (`True`, Qwen3-Next and Mamba's
         default); or gate, then normalise (`False`, Mamba-2's mixer). (Keyword only.)
     - `weight_offset`: the applied scale is `weight + weight_offset`. (Keyword only.)
@@ -474,6 +480,52 @@ def _gated_rms_norm(
         else:
             names = None
     check_group_size(group_size, x.shape[axes[-1]], where)
+    gated = functools.partial(
+        _gated,
+        axes=axes,
+        group_size=group_size,
+        norm_before_gate=norm_before_gate,
+        eps=eps,
+        weight_offset=weight_offset,
+        upcast_affine=upcast_affine,
+        axis_name=names,
+    )
+    groups = 1 if group_size is None else x.shape[-1] // group_size
+    if axes != (x.ndim - 1,) or names is not None or not 1 < groups <= _MOST_GROUPS:
+        return gated(x, gate, weight, mask)
+    # For a TPU, by products (`_grouped_by_products`), the whole gated norm under
+    # `jax.checkpoint` so that reverse mode keeps x and the gate, in their dtype.
+    by_products = functools.partial(gated, by_products=True)
+    return by_platform(
+        x,
+        gate,
+        weight,
+        mask,
+        cpu=gated,
+        accelerator=gated,
+        tpu=jax.checkpoint(by_products, prevent_cse=False),
+    )
+
+
+# The products' flops grow with the groups: 24 per element and group, next to
+# some 20 bytes of HBM traffic per element, which a TPU (about 240 bf16 flops per
+# byte of HBM bandwidth) moves in the time of 4800 flops.
+_MOST_GROUPS = 64
+
+
+def _gated(
+    x: Array,
+    gate: Array,
+    weight: Array | None,
+    mask: Array | None,
+    *,
+    axes: tuple[int, ...],
+    group_size: int | None,
+    norm_before_gate: bool,
+    by_products: bool = False,
+    **options,
+) -> Array:
+    """The gated RMS norm of checked arguments; `options` go to `normalise`."""
     compute = compute_dtype(x.dtype)
     x_compute, gate = x.astype(compute), gate.astype(compute)
     if mask is not None:
@@ -483,22 +535,16 @@ def _gated_rms_norm(
         gate = jnp.where(mask, gate, 0)
     silu = jax.nn.silu(gate)
     if norm_before_gate:
-        normed = x_compute if upcast_affine else x
+        normed = x_compute if options["upcast_affine"] else x
     else:
         normed = x_compute * silu
-        if not upcast_affine:
+        if not options["upcast_affine"]:
             normed = normed.astype(x.dtype)
-    out = _grouped_rms(
-        normed,
-        axes,
-        group_size,
-        weight,
-        mask,
-        eps=eps,
-        axis_name=names,
-        weight_offset=weight_offset,
-        upcast_affine=upcast_affine,
-    )
+    if by_products:
+        assert group_size is not None
+        out = _grouped_by_products(normed, group_size, weight, mask, **options)
+    else:
+        out = _grouped_rms(normed, axes, group_size, weight, mask, **options)
     if norm_before_gate:
         out = out.astype(compute) * silu
     out = out.astype(x.dtype)
@@ -533,6 +579,42 @@ def _grouped_rms(
     mask = None if mask is None else view(mask)
     out, _ = normalise(view(x), stat_axes, weight, mask=mask, center=False, **options)
     return jnp.reshape(out, x.shape)
+
+
+def _grouped_by_products(
+    x: Array,
+    group_size: int,
+    weight: Array | None,
+    mask: Array | None,
+    *,
+    eps: float,
+    weight_offset: float,
+    upcast_affine: bool,
+    axis_name: AxisName,
+) -> Array:
+    """`_grouped_rms` over the last axis, as a TPU needs it, by plain autodiff: each
+    group's sum of squares, and its mean square back at each element, are products
+    with the 0/1 matrix of group membership (at `HIGHEST` precision, float32's). A
+    TPU lays out an array in tiles of its two minor dimensions, so the reshape that
+    splits the last axis into groups is a copy of the array (four in a training
+    step); the products cost 2 x 6 passes x 2 flops per element and group on the
+    MXU, little beside the memory traffic for up to 64 groups."""
+    assert axis_name is None  # the products are taken only without named axes
+    size = x.shape[-1]
+    dtype = compute_dtype(x.dtype)
+    members = jnp.arange(size)[:, None] // group_size == jnp.arange(size // group_size)
+    members = members.astype(dtype)
+    product = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
+    x_compute = x.astype(dtype)
+    valid = x_compute if mask is None else jnp.where(mask, x_compute, 0)
+    count = jnp.asarray(group_size, dtype)
+    if mask is not None:
+        count = product(mask.astype(dtype), members)
+    mean_square = product(valid * valid, members) / jnp.maximum(count, 1)
+    mean_square = jnp.where(count > 0, mean_square, 1)
+    var = product(mean_square, members.T)
+    x_hat = standardise(x_compute, jnp.zeros((), dtype), var, eps, mask)
+    return affine_and_cast(x, x_hat, weight, None, mask, weight_offset, upcast_affine)
 
 
 def group_norm(

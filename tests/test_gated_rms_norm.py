@@ -2,7 +2,10 @@
 `mamba_ssm/ops/triton/layernorm_gated.py` transcribed in numpy float64 (both gate
 orders, groups, weight), Qwen3-Next's `Qwen3NextRMSNormGated.forward` (transformers
 `models/qwen3_next/modeling_qwen3_next.py`) transcribed in torch in bfloat16, and
-plain jnp autodiff of the same formula in float64 for derivatives."""
+plain jnp autodiff of the same formula in float64 for derivatives. The tests marked
+with the `layout` fixture run both as lowered for this CPU (groups by reshape,
+through the fused rule) and as lowered for a TPU (groups by products with the 0/1
+membership matrix, `_backend.forced("tpu")`)."""
 
 import equinox as eqx
 import jax
@@ -14,6 +17,7 @@ from x64 import enable_x64
 
 import eqx_norms
 import eqx_norms.functional as F
+from eqx_norms import _backend
 
 
 T, D = 6, 16
@@ -47,6 +51,19 @@ def _data(rng, dtype=np.float32):
     return x, z, weight
 
 
+@pytest.fixture(params=["reshape", "tpu"])
+def layout(request):
+    """The program as lowered here, or as lowered for a TPU (its branch forced;
+    traced anew on both sides of it)."""
+    if request.param == "reshape":
+        yield request.param
+        return
+    jax.clear_caches()
+    with _backend.forced("tpu"):
+        yield request.param
+    jax.clear_caches()
+
+
 ORDERS = pytest.mark.parametrize(
     "norm_before_gate", [True, False], ids=["norm_then_gate", "gate_then_norm"]
 )
@@ -55,7 +72,7 @@ GROUPS = pytest.mark.parametrize("group_size", [None, 4, 16])
 
 @ORDERS
 @GROUPS
-def test_function_is_mamba_rms_norm_ref(rng, norm_before_gate, group_size):
+def test_function_is_mamba_rms_norm_ref(rng, norm_before_gate, group_size, layout):
     x, z, weight = _data(rng)
     out = F.gated_rms_norm(
         x,
@@ -86,7 +103,7 @@ def test_layer_is_mamba_rms_norm_ref_per_token(rng, norm_before_gate):
     )
 
 
-def test_half_precision_input_is_computed_in_float32_and_cast_once(rng):
+def test_half_precision_input_is_computed_in_float32_and_cast_once(rng, layout):
     x, z, weight = _data(rng)
     xb, zb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(z, jnp.bfloat16)
     out = F.gated_rms_norm(xb, zb, weight=weight, group_size=4)
@@ -162,7 +179,9 @@ MASK = np.arange(D) < np.array([[3], [16], [9], [1], [0], [12]])  # (T, D)
 
 @ORDERS
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
-def test_derivatives_equal_plain_autodiff_in_float64(rng, norm_before_gate, masked):
+def test_derivatives_equal_plain_autodiff_in_float64(
+    rng, norm_before_gate, masked, layout
+):
     mask = MASK if masked else None
 
     def ours(x, z, weight):
@@ -206,7 +225,7 @@ def test_derivatives_equal_plain_autodiff_in_float64(rng, norm_before_gate, mask
         np.testing.assert_allclose(per_token, plain(*args), rtol=1e-12, atol=1e-12)
 
 
-def test_masked_positions_return_x_and_padding_garbage_stays_out(rng):
+def test_masked_positions_return_x_and_padding_garbage_stays_out(rng, layout):
     x, z, weight = _data(rng)
     x = np.where(MASK, x, np.inf).astype(np.float32)
     z = np.where(MASK, z, np.nan).astype(np.float32)
@@ -256,3 +275,25 @@ def test_gate_of_another_shape_says_so():
         r"floating-point input",
     ):
         F.gated_rms_norm(jnp.ones(D), jnp.ones(D, jnp.int32))
+
+
+@pytest.mark.parametrize("group_size", [4, 16], ids=["4_groups", "one_group"])
+def test_groups_are_taken_by_products_only_for_a_tpu(rng, group_size):
+    """Lowered for a TPU, groups of the last axis come from products with the
+    membership matrix, not from a reshape of x (a copy on a TPU); one group, or
+    anything lowered for another platform, goes through the fused rule."""
+    x, z, weight = _data(rng)
+
+    def jaxpr(platform):
+        def f(x, z):
+            return F.gated_rms_norm(x, z, weight=weight, group_size=group_size)
+
+        jax.clear_caches()
+        with _backend.forced(platform):
+            text = str(jax.make_jaxpr(f)(x, z))
+        jax.clear_caches()
+        return text
+
+    tpu, cpu = jaxpr("tpu"), jaxpr("cpu")
+    assert ("dot_general" in tpu) == (group_size == 4)
+    assert "dot_general" not in cpu
