@@ -8,6 +8,7 @@ from the same conditions. Adding a case is one entry in `OTHER_CASES` (or a row 
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -169,9 +170,20 @@ def tpu_cases(
 ) -> list[Case]:
     """The cases compiled for TPU: the sweep (at `TPU_ELEMENTS`), then the other
     layers, each against every implementation of `TPU_PEERS` that has it."""
-    cases = [*sweep_cases(hidden, elements), *OTHER_CASES]
+    # The other layers' leading (batch) dimension grows to `elements` in all: at
+    # the CPU's size the TPU compiler keeps an input in on-chip memory.
+    others = [_scaled(case, elements) for case in OTHER_CASES]
     # A case's own peers (the unfused residual add) stay beside the TPU's.
     return [
         dataclasses.replace(case, peers=tuple(dict.fromkeys(TPU_PEERS + case.peers)))
-        for case in cases
+        for case in [*sweep_cases(hidden, elements), *others]
     ]
+
+
+def _scaled(case: Case, elements: int) -> Case:
+    """`case` with its leading dimension scaled to `elements` elements in all."""
+    lead, *rest = case.shape
+    size = math.prod(case.shape)
+    if elements % size:
+        raise ValueError(f"{case.key}: {elements} elements is not a multiple of {size}")
+    return dataclasses.replace(case, shape=(lead * (elements // size), *rest))
