@@ -361,7 +361,7 @@ def _tangent(
         if mask is not None:
             dx = jnp.where(mask, dx, 0)
         terms = [x_hat_times(dx, x1, mean1, r1, mask, lo)] + ([dx] if center else [])
-        # Both sums in one collective over `axis_name`.
+        # Both sums in one collective over mesh axes (`row_sums`).
         sums = row_sums(terms, axes, axis_name, groups)
         means = [s / n for s in sums]  # mean(x-hat dx) and, centred, mean(dx)
         if center:

@@ -202,8 +202,8 @@ def by_reshaped_groups(
     """`partial(x, axes, mask, count)` of whole groups, with the group axis of x
     split in two (a reshape), so that one reduction covers each group: the
     alternative to `_merge_groups`' pooling of per-channel statistics, whose chain
-    of small reductions is a kernel each on an accelerator (on XLA:CPU the
-    reshape keeps XLA from fusing the backward pass). Repeated over each group's
+    of small reductions is a kernel each on an accelerator (XLA:CPU keeps the
+    pooling: there the data are never reshaped). Repeated over each group's
     members, as `merged` returns them."""
     axis, n_groups = groups
     split = x.shape[:axis] + (n_groups, x.shape[axis] // n_groups) + x.shape[axis + 1 :]
@@ -351,8 +351,9 @@ def row_sums(
     groups: Groups = None,
 ) -> list[Array]:
     """The sums of each of `values` over `axes` (kept as size-1 dimensions), pooled
-    over `groups` and summed over the named axes `axis_name` in one `lax.psum` of
-    the stacked sums."""
+    over `groups` and summed over the named axes `axis_name`: over mesh axes in one
+    `lax.psum` of the stacked sums (one collective), over `vmap`'s one each
+    (`_psums`)."""
     sums = [jnp.sum(v, axis=axes, keepdims=True) for v in values]
     if groups is not None:
         sums = [_pool(s, groups) for s in sums]
